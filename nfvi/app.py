@@ -1,0 +1,165 @@
+"""The Hydra jobs behind ``nfvi train`` and ``nfvi eval``.
+
+Each job receives the composed config, claims its run directory, resolves the device and calls
+the task's runner from :data:`TASKS` (``task=vae`` or ``task=energy``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from nfvi.config import validate
+from nfvi.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("nfvi")
+RUN_MARKER = ".nfvi-run"
+
+
+def _run_vae(cfg, run_dir, device, console):
+    from nfvi.train import run_vae
+
+    return run_vae(cfg, run_dir, device, console)
+
+
+def _run_energy(cfg, run_dir, device, console):
+    from nfvi.energy.run import run_energy
+
+    return run_energy(cfg, run_dir, device, console)
+
+
+TASKS: dict[str, Callable] = {"vae": _run_vae, "energy": _run_energy}
+
+
+def hydra_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+def claim_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Mark ``run_dir`` as this run's; refuse a directory that already holds another run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / RUN_MARKER
+    if resuming:
+        if not marker.exists():
+            raise ConfigError(f"{run_dir} is not an nfvi run directory; pass resume=<run dir>")
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; nfvi never overwrites one: "
+            "leave hydra.run.dir alone or pick a new one"
+        ) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _prepare(cfg: DictConfig):
+    from nfvi.runtime import resolve_device, set_threads
+
+    validate(cfg)
+    set_threads(cfg.trainer.num_threads)
+    return resolve_device(cfg.device)
+
+
+def train_job(cfg: DictConfig) -> dict:
+    """``nfvi train``: a fresh run, or ``resume=PATH`` continuing a run in its own directory."""
+    run_dir = hydra_run_dir()
+    if cfg.resume:
+        cfg = _resume_config(cfg)
+    device = _prepare(cfg)
+    claim_run_dir(run_dir, resuming=bool(cfg.resume))
+    task = str(getattr(cfg.task, "value", cfg.task))
+    summary = TASKS[task](cfg, run_dir, device, _console())
+    print_summary(summary, "summary")
+    return summary
+
+
+def _resume_config(cfg: DictConfig) -> DictConfig:
+    """The saved run's config, with this command's explicit overrides applied on top."""
+    from nfvi.checkpoint import load_checkpoint
+    from nfvi.train import resolve_resume
+
+    ckpt = load_checkpoint(resolve_resume(cfg.resume))
+    return _apply_overrides(ckpt["config"], task_overrides(), keep={"resume": cfg.resume})
+
+
+def _apply_overrides(saved: dict, overrides: list[str], keep: dict) -> DictConfig:
+    from nfvi.config import Config
+
+    base = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    skip = {"resume", "checkpoint"}
+    frozen = ("K", "task", "flow", "model", "dataset.name")  # they define the saved model
+    for ov in overrides:
+        key, _, value = ov.lstrip("+~").partition("=")
+        if key in skip:
+            continue
+        if any(key == f or key.startswith(f + ".") for f in frozen):
+            raise ConfigError(
+                f"{ov} would change the model of a saved run; only settings such as eval.*, "
+                "device, dataset.data_dir or trainer.max_steps can be overridden here"
+            )
+        merged = OmegaConf.from_dotlist([f"{key}={value}"])
+        base = OmegaConf.merge(base, merged)
+    for k, v in keep.items():
+        base[k] = v
+    return base
+
+
+def eval_job(cfg: DictConfig) -> dict:
+    """``nfvi eval checkpoint=PATH``: evaluate a saved model into ``<run>/eval/<timestamp>/``."""
+    from nfvi.checkpoint import load_checkpoint
+
+    if not cfg.checkpoint:
+        raise ConfigError("nfvi eval needs checkpoint=PATH (a run directory or a .pt file)")
+    path = resolve_checkpoint(cfg.checkpoint)
+    ckpt = load_checkpoint(path)
+    saved_task = ckpt["config"].get("task", "vae")
+    if saved_task != "vae":
+        raise CheckpointError(f"{path} is a {saved_task} run; nfvi eval evaluates VAE runs")
+    run_cfg = _apply_overrides(ckpt["config"], task_overrides(), keep={"checkpoint": str(path)})
+    device = _prepare(run_cfg)
+    out_dir = hydra_run_dir()
+    claim_run_dir(out_dir, resuming=False)
+    from nfvi.evaluate_run import run_eval
+
+    result = run_eval(run_cfg, ckpt, path, out_dir, device, _console())
+    print_summary(result, f"eval of {path}")
+    return result
+
+
+def resolve_checkpoint(path: str) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "checkpoints" / "best.pt"
+    return p
+
+
+def print_summary(summary: dict, title: str) -> None:
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            continue
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    _console().print(table)

@@ -1,0 +1,55 @@
+"""The ``nfvi`` command: a thin Typer app that hands every argument to Hydra."""
+
+from __future__ import annotations
+
+import typer
+
+import nfvi
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Variational inference with normalizing flows: train, evaluate, sweep.",
+)
+
+# every token after the command goes to Hydra unchanged, --help included
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nfvi {nfvi.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Variational inference with normalizing flows: train, evaluate, sweep."""
+
+
+@app.command(context_settings=HYDRA_ARGS, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train: `nfvi train flow=planar K=10`, `nfvi train -m K=0,2,4`; `--help` lists groups."""
+    from nfvi.launch import run
+
+    run("train", ctx.args)
+
+
+@app.command("eval", context_settings=HYDRA_ARGS, add_help_option=False)
+def eval_(ctx: typer.Context) -> None:
+    """Evaluate a checkpoint: `nfvi eval checkpoint=RUN_DIR eval.iw_samples=5000`."""
+    from nfvi.launch import run
+
+    run("eval", ctx.args)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The typed configuration schema, registered in Hydra's ConfigStore.
+
+The YAML files under ``configs/`` fill this schema; a value of the wrong type (``K=abc``) or an
+unknown key fails when Hydra composes the config. Range checks that a type cannot express
+(``K >= 0``, the device string) are done by :func:`validate`.
+
+This module must stay light: it is imported for ``nfvi train --help``, so no torch here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from nfvi.errors import ConfigError
+
+
+class Task(StrEnum):
+    vae = "vae"
+    energy = "energy"
+
+
+class Source(StrEnum):
+    auto = "auto"
+    full = "full"
+    bundled = "bundled"
+
+
+class Binarize(StrEnum):
+    dynamic = "dynamic"
+    threshold = "threshold"
+
+
+class BetaSchedule(StrEnum):
+    paper = "paper"  # beta_t = min(1, start + t / steps)  (R&M 2015, with start=0.01, steps=1e4)
+    linear = "linear"  # beta_t = min(1, t / steps): KL warm-up from zero
+    none = "none"  # beta_t = 1
+
+
+class OptimName(StrEnum):
+    adam = "adam"
+    adamax = "adamax"
+    rmsprop = "rmsprop"
+
+
+class Split(StrEnum):
+    val = "val"
+    test = "test"
+
+
+class Activation(StrEnum):
+    maxout = "maxout"
+    relu = "relu"
+    tanh = "tanh"
+    softplus = "softplus"
+    elu = "elu"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mnist"
+    source: Source = Source.auto
+    data_dir: str = "${oc.env:NFVI_DATA_DIR,data}"
+    download: bool = False
+    binarize: Binarize = Binarize.dynamic
+    threshold: float = 0.5
+    val_size: int = 10000
+    split_seed: int = 0
+    # filled in at run time with what was actually used ("full" or "bundled")
+    resolved_source: str | None = None
+
+
+@dataclass
+class FlowConfig:
+    name: str = "planar"
+    amortized: bool = True
+    # extra keyword arguments for the layer class (flow-specific hyperparameters)
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    latent_dim: int = 40
+    hidden: list[int] = field(default_factory=lambda: [400, 400])
+    activation: Activation = Activation.maxout
+    maxout_pool: int = 4
+    min_log_var: float = -12.0  # floor on q0's log variance (numerical safety)
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = OptimName.adam
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    alpha: float = 0.99  # RMSprop smoothing
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = 100
+    max_steps: int = 3000
+    max_epochs: int | None = None
+    val_interval: int = 250
+    log_interval: int = 50
+    patience: int | None = 10
+    beta_schedule: BetaSchedule = BetaSchedule.paper
+    beta_start: float = 0.01
+    beta_steps: int = 1000
+    grad_clip: float | None = None
+    num_threads: int | None = None
+    progress: bool = True
+    # how many MC samples for the energy task's batches
+    mc_samples: int = 256
+
+
+@dataclass
+class EvalConfig:
+    iw_samples: int = 200
+    chunk: int = 500
+    batch_size: int = 100
+    split: Split = Split.test
+    max_examples: int | None = None
+    seed: int = 1234
+    # energy task: samples for the KL / ESS estimates and the density figure
+    kl_samples: int = 100000
+    grid: int = 400
+
+
+@dataclass
+class TargetConfig:
+    name: str = "u1"
+    # energy task: broad Gaussian envelope on z1 for U2-U4 (std); see nfvi.energy
+    envelope_std: float = 4.0
+
+
+@dataclass
+class Config:
+    task: Task = Task.vae
+    K: int = 10
+    device: str = "auto"
+    seed: int = 0
+    experiment: str = "default"
+    output_root: str = "${oc.env:NFVI_OUTPUT_ROOT,outputs}"
+    resume: str | None = None
+    checkpoint: str | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+
+def register_configs() -> None:
+    """Register the schema as ``base_config``, which ``configs/config.yaml`` extends."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def config_dir() -> Path:
+    """The absolute path of the YAML configs (inside the wheel, or the source tree)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(
+        f"nfvi's configs/ folder was not found next to {here}; reinstall nfvi (pip install -e .)"
+    )
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def validate(cfg: Any) -> None:
+    """Range checks beyond types; raises :class:`ConfigError` with one line."""
+    from nfvi.flows import FLOWS  # imported here: the task function may use torch, --help not
+
+    def flow_names() -> list[str]:
+        return sorted(FLOWS)
+
+    if cfg.K < 0:
+        raise ConfigError(f"K={cfg.K} is negative; the flow length K must be >= 0 (K=0: no flow)")
+    if not _DEVICE.match(str(cfg.device)):
+        raise ConfigError(
+            f"unknown device {cfg.device!r}; use device=auto, cpu, cuda, cuda:N or mps"
+        )
+    if not _NAME.match(str(cfg.experiment)):
+        raise ConfigError(
+            f"experiment name {cfg.experiment!r} has characters unsafe in a path; "
+            "use letters, digits, '_', '-', '.'"
+        )
+    if cfg.flow.name not in flow_names():
+        raise ConfigError(
+            f"unknown flow {cfg.flow.name!r}; choose flow= one of {', '.join(flow_names())}"
+        )
+    t = cfg.trainer
+    for key in ("batch_size", "max_steps", "val_interval", "log_interval", "mc_samples"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be positive")
+    if t.max_epochs is not None and t.max_epochs <= 0:
+        raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be positive or null")
+    if t.beta_steps <= 0:
+        raise ConfigError(f"trainer.beta_steps={t.beta_steps} must be positive")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr} must be positive")
+    e = cfg.eval
+    for key in ("iw_samples", "chunk", "batch_size", "kl_samples", "grid"):
+        if getattr(e, key) <= 0:
+            raise ConfigError(f"eval.{key}={getattr(e, key)} must be positive")
+    if e.max_examples is not None and e.max_examples <= 0:
+        raise ConfigError(f"eval.max_examples={e.max_examples} must be positive or null")
+    m = cfg.model
+    if m.latent_dim <= 0 or any(h <= 0 for h in m.hidden) or m.maxout_pool <= 0:
+        raise ConfigError("model.latent_dim, model.hidden and model.maxout_pool must be positive")

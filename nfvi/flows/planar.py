@@ -1,0 +1,43 @@
+"""Planar flow (Rezende & Mohamed 2015, section 4.1).
+
+``f(z) = z + u_hat h(w^T z + b)`` with ``h = tanh`` and
+``log|det df/dz| = log|1 + u_hat^T psi(z)|``, ``psi(z) = h'(w^T z + b) w``.
+
+Invertibility needs ``w^T u_hat >= -1``; the raw ``u`` is mapped to
+``u_hat = u + [m(w^T u) - w^T u] w / ||w||^2`` with ``m(x) = -1 + softplus(x)``,
+so ``w^T u_hat = m(w^T u) > -1`` for every raw parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfvi.flows.base import FlowLayer, Params, register_flow
+
+
+@register_flow("planar")
+class Planar(FlowLayer):
+    """Raw parameters per example: ``u [D]``, ``w [D]``, ``b [1]``."""
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"u": (self.dim,), "w": (self.dim,), "b": (1,)}
+
+    @staticmethod
+    def constrained_u(u: Tensor, w: Tensor) -> Tensor:
+        """``u_hat`` with ``w^T u_hat = -1 + softplus(w^T u) > -1``; shapes ``[B, D]``."""
+        wu = (w * u).sum(-1, keepdim=True)
+        w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        return u + (F.softplus(wu) - 1.0 - wu) * w / w_sq
+
+    def transform(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        u, w, b = params["u"], params["w"], params["b"]
+        u_hat = self.constrained_u(u, w)
+        a = (w * z).sum(-1, keepdim=True) + b  # [B, 1]
+        h = torch.tanh(a)
+        z_next = z + u_hat * h
+        # h'(a) = 1 - tanh(a)^2; det = 1 + h'(a) w^T u_hat >= 0 by construction
+        det = 1.0 + (1.0 - h * h) * (w * u_hat).sum(-1, keepdim=True)
+        log_abs_det = det.abs().clamp_min(torch.finfo(z.dtype).tiny).log().squeeze(-1)
+        return z_next, log_abs_det.expand(z.shape[0])

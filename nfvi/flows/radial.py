@@ -1,0 +1,39 @@
+"""Radial flow (Rezende & Mohamed 2015, section 4.1).
+
+``f(z) = z + beta h(alpha, r) (z - z0)`` with ``r = ||z - z0||``, ``h = 1 / (alpha + r)``;
+``log|det| = (D - 1) log(1 + beta h) + log(1 + beta h + beta h'(alpha, r) r)``,
+``h' = -1 / (alpha + r)^2`` (the ICML PDF drops the beta in front of ``h' r``).
+
+Invertible when ``beta >= -alpha``: ``alpha = softplus(a)``, ``beta = -alpha + softplus(b)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfvi.flows.base import FlowLayer, Params, register_flow
+
+
+@register_flow("radial")
+class Radial(FlowLayer):
+    """Raw parameters per example: ``z0 [D]``, ``a [1]``, ``b [1]``."""
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"z0": (self.dim,), "a": (1,), "b": (1,)}
+
+    def transform(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        z0, a, b = params["z0"], params["a"], params["b"]
+        alpha = F.softplus(a)  # [B|1, 1]
+        beta = F.softplus(b) - alpha
+        diff = z - z0
+        r = diff.norm(dim=-1, keepdim=True)  # [B, 1]
+        h = 1.0 / (alpha + r)
+        bh = beta * h
+        z_next = z + bh * diff
+        # 1 + beta h + beta h' r = 1 + beta alpha / (alpha + r)^2 >= 0 when beta >= -alpha
+        tiny = torch.finfo(z.dtype).tiny
+        term1 = (self.dim - 1) * (1.0 + bh).abs().clamp_min(tiny).log()
+        term2 = (1.0 + bh - beta * h * h * r).abs().clamp_min(tiny).log()
+        return z_next, (term1 + term2).squeeze(-1).expand(z.shape[0])

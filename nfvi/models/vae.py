@@ -1,0 +1,196 @@
+"""A VAE whose posterior is a normalizing flow: encoder -> q0(z|x) -> K flow layers -> decoder.
+
+Rezende & Mohamed 2015, section 4 and 6.2. With ``z_0 ~ q0(z|x) = N(mu(x), diag sigma^2(x))``
+and ``z_K = f_K o ... o f_1(z_0)``, the per-example free energy (eq. 20) is
+
+    F_beta(x) = ln q0(z_0) - sum_k ln|det df_k/dz_{k-1}| - beta [ln p(x|z_K) + ln p(z_K)]
+
+with one z sample; ``-ELBO`` is ``F_1``. The importance-weighted estimate of ``-ln p(x)`` is
+``-ln (1/S) sum_s p(x, z_K^s) / q_K(z_K^s|x)`` with ``q_K`` from the change of variables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfvi.flows import make_flow
+from nfvi.models.networks import mlp
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_normal_std(z: Tensor) -> Tensor:
+    """``ln N(z; 0, I)`` summed over the last dim: ``[..., D] -> [...]``."""
+    return -0.5 * (z * z + LOG_2PI).sum(-1)
+
+
+def log_normal_diag(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+    """``ln N(z; mu, diag exp(log_var))`` summed over the last dim."""
+    return -0.5 * (LOG_2PI + log_var + (z - mu) ** 2 * torch.exp(-log_var)).sum(-1)
+
+
+@dataclass
+class Posterior:
+    """The encoder's output for a batch: q0's ``mu, log_var [B, D]`` and features ``h [B, H]``."""
+
+    mu: Tensor
+    log_var: Tensor
+    features: Tensor
+
+
+@dataclass
+class PosteriorSample:
+    """``z_0, z_K [N, D]`` and ``ln q0(z_0)``, ``sum_k ln|det_k|`` ``[N]``."""
+
+    z0: Tensor
+    zk: Tensor
+    log_q0: Tensor
+    log_det: Tensor
+
+    @property
+    def log_qk(self) -> Tensor:
+        """``ln q_K(z_K) = ln q0(z_0) - sum_k ln|det_k|``."""
+        return self.log_q0 - self.log_det
+
+
+@dataclass
+class ElboTerms:
+    """Per-example terms (``[B]``, nats) and the scalar training loss.
+
+    ``neg_elbo = recon + kl`` at beta = 1; ``recon = -ln p(x|z_K)``;
+    ``kl = ln q_K(z_K) - ln p(z_K)`` (the one-sample KL estimate); ``loss`` is the mean of the
+    annealed free energy ``F_beta``.
+    """
+
+    loss: Tensor
+    neg_elbo: Tensor
+    recon: Tensor
+    kl: Tensor
+
+
+@dataclass
+class IWEstimate:
+    """``-ln p(x)`` per example ``[B]`` from ``S`` importance samples."""
+
+    nll: Tensor
+    samples: int
+
+
+class FlowVAE(nn.Module):
+    """MLP encoder/decoder with a flow posterior and a Bernoulli decoder (logits).
+
+    Shapes: ``x [B, P]`` with ``P`` pixels in {0, 1}; latents ``[B, D]``.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: list[int],
+        activation: str,
+        maxout_pool: int,
+        flow: str,
+        K: int,
+        amortized: bool,
+        flow_hparams: dict | None = None,
+        min_log_var: float = -12.0,
+    ) -> None:
+        super().__init__()
+        self.data_dim, self.latent_dim = data_dim, latent_dim
+        self.min_log_var = min_log_var
+        self.encoder = mlp(data_dim, list(hidden), activation, maxout_pool)
+        feat = hidden[-1] if hidden else data_dim
+        self.q_mu = nn.Linear(feat, latent_dim)
+        self.q_log_var = nn.Linear(feat, latent_dim)
+        self.flow = make_flow(
+            flow, latent_dim, K, amortized=amortized, context_dim=feat, **(flow_hparams or {})
+        )
+        self.decoder_body = mlp(latent_dim, list(reversed(hidden)), activation, maxout_pool)
+        self.decoder_out = nn.Linear(hidden[0] if hidden else latent_dim, data_dim)
+
+    @classmethod
+    def from_config(cls, cfg, data_dim: int) -> FlowVAE:
+        m = cfg.model
+        return cls(
+            data_dim=data_dim,
+            latent_dim=m.latent_dim,
+            hidden=list(m.hidden),
+            activation=m.activation,
+            maxout_pool=m.maxout_pool,
+            flow=cfg.flow.name,
+            K=cfg.K,
+            amortized=cfg.flow.amortized,
+            flow_hparams=dict(cfg.flow.hparams),
+            min_log_var=m.min_log_var,
+        )
+
+    def encode(self, x: Tensor) -> Posterior:
+        h = self.encoder(x)
+        log_var = self.q_log_var(h).clamp_min(self.min_log_var)
+        return Posterior(self.q_mu(h), log_var, h)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Bernoulli logits ``[N, P]`` for latents ``[N, D]``."""
+        return self.decoder_out(self.decoder_body(z))
+
+    def sample_posterior(self, post: Posterior) -> PosteriorSample:
+        """One reparameterized sample per row of ``post``."""
+        eps = torch.randn_like(post.mu)
+        z0 = post.mu + torch.exp(0.5 * post.log_var) * eps
+        log_q0 = log_normal_diag(z0, post.mu, post.log_var)
+        zk, log_det = self.flow(z0, post.features)
+        return PosteriorSample(z0, zk, log_q0, log_det)
+
+    def log_likelihood(self, x: Tensor, zk: Tensor) -> Tensor:
+        """``ln p(x|z_K)`` ``[N]`` under the Bernoulli decoder."""
+        logits = self.decode(zk)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+    def elbo(self, x: Tensor, beta: float = 1.0) -> ElboTerms:
+        """One-sample free energy of a batch ``x [B, P]`` (see the module docstring)."""
+        s = self.sample_posterior(self.encode(x))
+        log_px_z = self.log_likelihood(x, s.zk)
+        log_pz = log_normal_std(s.zk)
+        log_qk = s.log_qk
+        loss = (log_qk - beta * (log_px_z + log_pz)).mean()
+        kl = log_qk - log_pz
+        return ElboTerms(loss=loss, neg_elbo=kl - log_px_z, recon=-log_px_z, kl=kl)
+
+    @torch.no_grad()
+    def iw_nll(self, x: Tensor, samples: int, chunk: int = 500) -> IWEstimate:
+        """``-ln p(x) ~ -ln (1/S) sum_s exp(ln p(x, z_s) - ln q_K(z_s|x))``, ``x [B, P]``.
+
+        The encoder runs once per x; the S samples go through the flow and decoder in chunks
+        of ``chunk`` samples per example; the log-weights are combined with logsumexp.
+        """
+        post = self.encode(x)
+        B = x.shape[0]
+        log_w: list[Tensor] = []
+        for start in range(0, samples, chunk):
+            n = min(chunk, samples - start)
+            rep = Posterior(
+                post.mu.repeat(n, 1), post.log_var.repeat(n, 1), post.features.repeat(n, 1)
+            )
+            s = self.sample_posterior(rep)
+            log_joint = self.log_likelihood(x.repeat(n, 1), s.zk) + log_normal_std(s.zk)
+            log_w.append((log_joint - s.log_qk).view(n, B))
+        w = torch.cat(log_w, dim=0)  # [S, B]
+        log_px = torch.logsumexp(w, dim=0) - math.log(samples)
+        return IWEstimate(nll=-log_px, samples=samples)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Bernoulli means ``[n, P]`` for ``z ~ N(0, I)``."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        return torch.sigmoid(self.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Bernoulli means ``[B, P]`` of ``p(x|z_K)`` with ``z_K`` from the posterior flow."""
+        return torch.sigmoid(self.decode(self.sample_posterior(self.encode(x)).zk))

@@ -1,0 +1,30 @@
+"""Optimizers by name, from the ``optim`` config group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def _adam(params, c):
+    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
+                            weight_decay=c.weight_decay)
+
+
+def _adamax(params, c):
+    return torch.optim.Adamax(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
+                              weight_decay=c.weight_decay)
+
+
+def _rmsprop(params, c):
+    return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, momentum=c.momentum,
+                               weight_decay=c.weight_decay)
+
+
+OPTIMIZERS = {"adam": _adam, "adamax": _adamax, "rmsprop": _rmsprop}
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg) -> torch.optim.Optimizer:
+    name = getattr(optim_cfg.name, "value", optim_cfg.name)
+    return OPTIMIZERS[name](params, optim_cfg)

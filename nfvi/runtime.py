@@ -1,0 +1,76 @@
+"""Devices, seeds, threads and RNG states."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from nfvi.errors import DeviceError
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto|cpu|cuda|cuda:N|mps`` -> a usable device, or a one-line :class:`DeviceError`.
+
+    ``auto`` picks CUDA when present, else CPU (MPS only when asked for: some ops are missing).
+    """
+    spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device={spec} was asked for but no CUDA device is available here; "
+                "use device=cpu (or device=auto)"
+            )
+        dev = torch.device(spec)
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(
+                f"device={spec} does not exist (this machine has {n} CUDA device(s): "
+                f"cuda:0..cuda:{n - 1}); pick one of those or device=auto"
+            )
+        return dev
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError("device=mps was asked for but MPS is not available; use device=cpu")
+        return torch.device("mps")
+    raise DeviceError(f"unknown device {spec!r}; use device=auto, cpu, cuda, cuda:N or mps")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_threads(n: int | None) -> None:
+    """Limit torch's intra-op threads (parallel sweeps: jobs x threads <= cores)."""
+    if n is not None and n > 0:
+        torch.set_num_threads(n)
+
+
+def rng_state() -> dict:
+    """Python, torch CPU and CUDA RNG states, as checkpoint-safe plain objects."""
+    state: dict = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    if "python" in state:
+        random.setstate(_as_python_state(state["python"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _as_python_state(s):
+    # weights_only loading gives lists back where random.getstate() had tuples
+    version, internal, gauss = s
+    return (version, tuple(internal), gauss)
