@@ -70,7 +70,7 @@ def claim_run_dir(run_dir: Path, resuming: bool) -> None:
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # paths and commands stay copyable
 
 
 def _prepare(cfg: DictConfig):

@@ -133,13 +133,13 @@ def _eval_job(cfg):
 
 
 def _guard(func: Callable):
-    """Inside a job: our own errors become one line and exit 2 (also under launchers)."""
+    """Inside a job: errors become one line and exit 2 before Hydra logs them at length."""
     try:
         return func()
-    except NfviError as ex:
+    except Exception as ex:
         if debug_enabled():
             raise
-        fail(str(ex))
+        fail(one_line(ex))
 
 
 JOBS = {"train": (_train_job, train_args), "eval": (_eval_job, eval_args)}

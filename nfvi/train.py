@@ -170,6 +170,10 @@ class Trainer:
         self.bin_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
         self.batches = Batches(len(self.train_x), cfg.trainer.batch_size, self.order_gen)
         self.state = TrainState()
+        # running sums of (loss, -elbo, recon, kl) since the last log line: part of the state,
+        # so that a resumed run logs the same averages as an uninterrupted one
+        self.window = torch.zeros(4, device=device)
+        self.window_n = 0
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -190,6 +194,7 @@ class Trainer:
                 "binarize": self.bin_gen.get_state(),
                 "perm": self.batches.perm,
             },
+            "log_window": {"sum": self.window, "n": self.window_n},
             "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
             "versions": versions(),
         }
@@ -207,6 +212,8 @@ class Trainer:
         self.order_gen.set_state(ckpt["data_rng"]["order"])
         self.bin_gen.set_state(ckpt["data_rng"]["binarize"])
         self.batches.perm = ckpt["data_rng"]["perm"]
+        self.window = ckpt["log_window"]["sum"].to(self.device)
+        self.window_n = ckpt["log_window"]["n"]
         self.metrics.truncate_after(self.state.step)
 
     # -- the loop ----------------------------------------------------------------------
@@ -262,7 +269,6 @@ class Trainer:
         max_steps = self._max_steps()
         lr = self.optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter() - self.state.elapsed
-        acc, acc_n = None, 0
         progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -278,12 +284,14 @@ class Trainer:
             bar = progress.add_task("train", total=max_steps, completed=self.state.step, info="")
             while self.state.step < max_steps:
                 stats, beta = self._train_step()
-                acc = stats if acc is None else acc + stats
-                acc_n += 1
+                self.window += stats
+                self.window_n += 1
                 step = self.state.step
                 if step % t.log_interval == 0 or step == max_steps:
-                    loss, neg_elbo, recon, kl = (acc / acc_n).tolist()  # one sync per interval
-                    acc, acc_n = None, 0
+                    # one device sync per log interval, not per step
+                    loss, neg_elbo, recon, kl = (self.window / self.window_n).tolist()
+                    self.window.zero_()
+                    self.window_n = 0
                     now = time.perf_counter()
                     rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
                     last_log_time, last_log_step = now, step
