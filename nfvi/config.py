@@ -107,14 +107,14 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     batch_size: int = 100
-    max_steps: int = 3000
+    max_steps: int = 1500
     max_epochs: int | None = None
     val_interval: int = 250
     log_interval: int = 50
     patience: int | None = 10
     beta_schedule: BetaSchedule = BetaSchedule.paper
     beta_start: float = 0.01
-    beta_steps: int = 1000
+    beta_steps: int = 500
     grad_clip: float | None = None
     num_threads: int | None = None
     progress: bool = True

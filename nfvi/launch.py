@@ -38,12 +38,20 @@ def one_line(ex: BaseException) -> str:
     m = re.search(r"Could not find '([^']+)'", text)
     if m and rest and rest[0].startswith("Available options"):
         group = m.group(1).split("/")[0]
-        opts = ", ".join(rest[1:])
+        opts = []
+        for ln in rest[1:]:
+            if ln.startswith("Config search path"):
+                break
+            opts.append(ln)
+        opts = ", ".join(opts)
         return f"unknown option '{m.group(1)}'; choose {group}= one of: {opts}"
     if cause is not None and type(cause).__module__.startswith("omegaconf"):
         c_lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
         key = next((ln.split(":", 1)[1].strip() for ln in c_lines if ln.startswith("full_key")), "")
         where = f" (key {key})" if key else ""
+        if re.match(r"Key '[^']+' (is )?not in", c_lines[0]):
+            return (f"unknown key '{key}'; nfvi train --cfg job lists the keys "
+                    "(misspelt? a group is chosen with group=option)")
         return f"{text}: {c_lines[0]}{where}; fix the value (nfvi train --cfg job shows the config)"
     if type(ex).__module__.startswith(("hydra", "omegaconf")):
         return " ".join([text, *rest])
