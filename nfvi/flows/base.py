@@ -4,7 +4,7 @@ A flow maps base -> target, ``z_k = f_k(z_{k-1})``, and reports ``log|det df_k/d
 per example, so that ``ln q_K(z_K) = ln q_0(z_0) - sum_k ln|det df_k/dz_{k-1}|``
 (Rezende & Mohamed 2015, eq. 7).
 
-Layers (:class:`FlowLayer`) are pure transforms: they say which raw parameters they need
+Layers (:class:`FlowLayer`) say which raw parameters they need from outside
 (:meth:`FlowLayer.param_shapes`) and apply themselves given those parameters. Where the
 parameters come from is a separate, swappable piece (:class:`ParamSource`):
 
@@ -15,6 +15,11 @@ parameters come from is a separate, swappable piece (:class:`ParamSource`):
 
 :class:`FlowStack` holds K layers and one source and implements the public contract
 ``forward(z, context=None) -> (z_K, log_abs_det[B])``.
+
+Flows whose parameters are functions of ``z`` itself (coupling and autoregressive layers) own
+their conditioner networks; such a layer declares no (or few) outside parameters, and when the
+stack is amortized it is built with ``context_dim`` and receives the encoder's features as
+``context`` in :meth:`FlowLayer.transform`, which its conditioner takes as an extra input.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ Params = dict[str, Tensor]
 class FlowLayer(nn.Module):
     """One flow layer ``f: R^D -> R^D`` whose raw parameters are supplied from outside.
 
-    Subclasses implement :meth:`param_shapes` and :meth:`transform`; they may hold buffers
-    (fixed permutations) but should not hold learned parameters: those come from the source.
+    Subclasses implement :meth:`param_shapes` and :meth:`transform`. Parameters that do not
+    depend on ``z`` come from the stack's source; conditioner networks of ``z`` (coupling,
+    autoregressive layers) are modules of the layer, and take ``context`` when
+    ``context_dim`` is set (amortized stacks).
     """
 
     #: name in the registry; set by :func:`register_flow`
@@ -40,37 +47,43 @@ class FlowLayer(nn.Module):
     #: whether :meth:`inverse` is implemented
     has_inverse: bool = False
 
-    def __init__(self, dim: int, index: int = 0) -> None:
+    def __init__(self, dim: int, index: int = 0, context_dim: int | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.index = index  # position in the stack: lets layers alternate masks or orders
+        self.context_dim = context_dim  # set for amortized stacks
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-example shapes of the raw (unconstrained) parameters, by name."""
-        raise NotImplementedError
+        """Per-example shapes of the raw (unconstrained) outside parameters, by name."""
+        return {}
 
     def init_global(self, name: str, param: Tensor) -> None:
         """Initialize a global (non-amortized) raw parameter in place. Default: N(0, 0.01^2)."""
         nn.init.normal_(param, std=0.01)
 
-    def transform(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+    def transform(
+        self, z: Tensor, params: Params, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Apply the layer.
 
         Args:
             z: ``[B, D]``.
             params: name -> raw parameter of shape ``[B, *shape]`` or ``[1, *shape]``.
+            context: ``[B, context_dim]`` encoder features in an amortized stack, else None.
 
         Returns:
             ``(z_next [B, D], log_abs_det [B])``.
         """
         raise NotImplementedError
 
-    def inverse(self, z_next: Tensor, params: Params) -> Tensor:
+    def inverse(self, z_next: Tensor, params: Params, context: Tensor | None = None) -> Tensor:
         """The inverse map, where the flow has a closed or iterative inverse."""
         raise NotImplementedError(f"flow {self.name!r} has no inverse")
 
-    def forward(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
-        return self.transform(z, params)
+    def forward(
+        self, z: Tensor, params: Params, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self.transform(z, params, context)
 
     def num_params(self) -> int:
         """Number of raw parameters one example needs for this layer."""
@@ -150,16 +163,24 @@ class FlowStack(nn.Module):
     With K = 0 it is the identity with a zero log-determinant.
     """
 
-    def __init__(self, layers: list[FlowLayer], source: ParamSource | None) -> None:
+    def __init__(
+        self,
+        layers: list[FlowLayer],
+        source: ParamSource | None,
+        context_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.source = source
+        self.context_dim = context_dim  # set: amortized, forward needs context [B, context_dim]
 
     @property
     def amortized(self) -> bool:
-        return isinstance(self.source, AmortizedParams)
+        return self.context_dim is not None
 
     def layer_params(self, batch_size: int, context: Tensor | None) -> list[Params]:
+        if self.amortized and len(self.layers) > 0 and context is None:
+            raise ValueError("an amortized flow needs context of shape [B, context_dim]")
         if self.source is None or len(self.layers) == 0:
             return [{} for _ in self.layers]
         return self.source(batch_size, context)
@@ -167,16 +188,18 @@ class FlowStack(nn.Module):
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         params = self.layer_params(z.shape[0], context)
         log_abs_det = z.new_zeros(z.shape[0])
+        ctx = context if self.amortized else None
         for layer, p in zip(self.layers, params, strict=True):
-            z, ld = layer(z, p)
+            z, ld = layer(z, p, ctx)
             log_abs_det = log_abs_det + ld
         return z, log_abs_det
 
     def inverse(self, z_k: Tensor, context: Tensor | None = None) -> Tensor:
         """Invert the whole stack (only for layers with ``has_inverse``)."""
         params = self.layer_params(z_k.shape[0], context)
+        ctx = context if self.amortized else None
         for layer, p in zip(reversed(self.layers), reversed(params), strict=True):
-            z_k = layer.inverse(z_k, p)
+            z_k = layer.inverse(z_k, p, ctx)
         return z_k
 
     @property
@@ -218,12 +241,15 @@ def make_flow(
         raise KeyError(f"unknown flow {name!r}; known flows: {known}")
     if K < 0:
         raise ValueError(f"flow length K must be >= 0, got {K}")
+    if amortized and context_dim is None:
+        raise ValueError("an amortized flow needs context_dim")
     cls = FLOWS[name]
-    layers = [cls(dim, index=k, **hparams) for k in range(K)]
+    ctx_dim = context_dim if amortized else None
+    layers = [cls(dim, index=k, context_dim=ctx_dim, **hparams) for k in range(K)]
     if K == 0:
-        return FlowStack(layers, None)
+        return FlowStack(layers, None, ctx_dim)
+    if not any(layer.param_shapes() for layer in layers):
+        return FlowStack(layers, None, ctx_dim)  # every parameter lives in the layers
     if amortized:
-        if context_dim is None:
-            raise ValueError("an amortized flow needs context_dim")
-        return FlowStack(layers, AmortizedParams(layers, context_dim))
-    return FlowStack(layers, GlobalParams(layers))
+        return FlowStack(layers, AmortizedParams(layers, context_dim), ctx_dim)
+    return FlowStack(layers, GlobalParams(layers), ctx_dim)

@@ -31,7 +31,9 @@ class Planar(FlowLayer):
         w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         return u + (F.softplus(wu) - 1.0 - wu) * w / w_sq
 
-    def transform(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+    def transform(
+        self, z: Tensor, params: Params, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         u, w, b = params["u"], params["w"], params["b"]
         u_hat = self.constrained_u(u, w)
         a = (w * z).sum(-1, keepdim=True) + b  # [B, 1]

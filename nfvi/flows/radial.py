@@ -23,7 +23,9 @@ class Radial(FlowLayer):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"z0": (self.dim,), "a": (1,), "b": (1,)}
 
-    def transform(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+    def transform(
+        self, z: Tensor, params: Params, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         z0, a, b = params["z0"], params["a"], params["b"]
         alpha = F.softplus(a)  # [B|1, 1]
         beta = F.softplus(b) - alpha
