@@ -77,13 +77,49 @@ def _prepare(cfg: DictConfig):
     from nfvi.runtime import resolve_device, set_threads
 
     validate(cfg)
-    set_threads(cfg.trainer.num_threads)
+    threads = cfg.trainer.num_threads
+    set_threads(threads if threads is not None else launcher_threads())
     return resolve_device(cfg.device)
+
+
+def _launcher() -> DictConfig:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().launcher
+
+
+def launcher_threads() -> int | None:
+    """Torch threads per job when a launcher runs jobs side by side on this machine.
+
+    joblib: ``cores // n_jobs`` (at least 1), so jobs x threads does not exceed the cores;
+    submitit: the job's ``cpus_per_task``. None (torch's default) otherwise.
+    """
+    launcher = _launcher()
+    target = str(launcher.get("_target_", ""))
+    cores = os.cpu_count() or 1
+    if "joblib" in target:
+        n = launcher.get("n_jobs", -1)
+        n = cores + 1 + n if n is None or n < 0 else n  # joblib: -1 = all cores, -2 = all but one
+        return max(1, cores // max(1, min(n, cores)))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return None
+
+
+def requeued(run_dir: Path) -> bool:
+    """A cluster job started again in its own directory (SLURM preemption or time-out)."""
+    return "submitit" in str(_launcher().get("_target_", "")) and (run_dir / RUN_MARKER).exists()
 
 
 def train_job(cfg: DictConfig) -> dict:
     """``nfvi train``: a fresh run, or ``resume=PATH`` continuing a run in its own directory."""
     run_dir = hydra_run_dir()
+    if not cfg.resume and requeued(run_dir):
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            cfg.resume = str(run_dir)
+        else:  # stopped before its first checkpoint: start over in the same directory
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (run_dir / RUN_MARKER).unlink()
     if cfg.resume:
         cfg = _resume_config(cfg)
     device = _prepare(cfg)

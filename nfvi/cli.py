@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 import nfvi
@@ -45,6 +48,29 @@ def eval_(ctx: typer.Context) -> None:
     from nfvi.launch import run
 
     run("eval", ctx.args)
+
+
+@app.command()
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories or folders of runs.")],
+    by: Annotated[str | None, typer.Option("--by", help="Group keys, e.g. K,flow.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+    out: Annotated[Path | None, typer.Option("-o", "--output", help="Where files go.")] = None,
+) -> None:
+    """Compare runs: group by the config values that differ, aggregate seeds, draw figures."""
+    from nfvi.errors import NfviError
+    from nfvi.launch import debug_enabled, fail
+
+    try:
+        from nfvi.report.main import report as run_report
+
+        code = run_report([str(p) for p in paths], by.split(",") if by else None, fmt,
+                          str(out) if out else None)
+    except NfviError as ex:
+        if debug_enabled():
+            raise
+        fail(str(ex))
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -163,7 +163,17 @@ class Config:
 
 def register_configs() -> None:
     """Register the schema as ``base_config``, which ``configs/config.yaml`` extends."""
-    ConfigStore.instance().store(name="base_config", node=Config)
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    try:  # the SLURM launcher's schema, extended by configs/hydra/launcher/submitit_slurm.yaml
+        from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    except ImportError:  # plugin not installed: hydra/launcher=submitit_slurm is unavailable
+        return
+    from omegaconf import OmegaConf
+
+    # stored as a plain dict: Hydra may import the plugin's module twice under two names
+    fields = OmegaConf.to_container(OmegaConf.structured(SlurmQueueConf))
+    cs.store(group="hydra/launcher", name="submitit_slurm_schema", node=fields)
 
 
 def config_dir() -> Path:

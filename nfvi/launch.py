@@ -167,6 +167,14 @@ def run(command: str, args: list[str]) -> None:
     except NfviError as ex:
         fail(str(ex))
     register_configs()
+    # one time stamp per command, fixed in the environment: jobs requeued on a cluster (which
+    # inherit it) recompose the same run directories instead of new ones
+    os.environ["NFVI_RUN_STAMP"] = _stamp()
     hydra_utils.run_and_report = _report  # one-line errors (see the module docstring)
     sys.argv = [f"nfvi {command}", *args]
-    hydra.main(version_base="1.3", config_path=cfg_dir, config_name="config")(job)()
+    try:
+        hydra.main(version_base="1.3", config_path=cfg_dir, config_name="config")(job)()
+    except Exception as ex:  # raised by Hydra outside its own reporting, e.g. bad flags
+        if debug_enabled():
+            raise
+        fail(one_line(ex))

@@ -57,19 +57,32 @@ class Interrupted(Exception):
 
 
 class SignalFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGINT/SIGTERM (and SIGUSR1/2) into a flag the loop checks between steps.
+
+    SIGUSR1/2 are caught only where someone already handles them (submitit's pre-emption and
+    time-out signal on SLURM): after ``last.pt`` is written, :meth:`chain` hands the signal on
+    to that handler, which requeues the job.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> SignalFlag:
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             try:
+                if s in (signal.SIGUSR1, signal.SIGUSR2) and not callable(signal.getsignal(s)):
+                    continue
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread (some launchers): no handler
                 pass
         return self
+
+    def chain(self) -> None:
+        """Call the handler that was there before ours (submitit's requeue), if any."""
+        old = self._old.get(self.signum) if self.signum is not None else None
+        if self.signum in (signal.SIGUSR1, signal.SIGUSR2) and callable(old):
+            old(self.signum, None)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # a second Ctrl-C: stop now
@@ -312,6 +325,9 @@ class Trainer:
                     })
                     log.info("step %d: val -ELBO %.3f (best %.3f at step %d)", step,
                              val["neg_elbo"], self.state.best_val, self.state.best_step)
+                    # a killed job (no signal, e.g. SIGKILL) loses at most one interval
+                    self.state.elapsed = time.perf_counter() - t0
+                    self.save("last.pt")
                     if t.patience is not None and self.state.bad_validations >= t.patience:
                         self.state.stopped_early = True
                         self.console.print(f"early stop at step {step}: no validation "
@@ -348,8 +364,10 @@ def run_vae(cfg, run_dir: Path, device: torch.device, console: Console) -> dict:
     n_params = sum(p.numel() for p in trainer.model.parameters())
     console.print(
         f"[bold]nfvi[/] {cfg.flow.name} K={cfg.K} on {cfg.dataset.name} ({trainer.data.source}), "
-        f"{n_params:,} parameters, device {device}\nrun directory: {run_dir}"
+        f"{n_params:,} parameters, device {device}, {torch.get_num_threads()} CPU threads\n"
+        f"run directory: {run_dir}"
     )
+    log.info("device %s, torch threads %d", device, torch.get_num_threads())
     with SignalFlag() as flag:
         try:
             state = trainer.fit(flag)
@@ -359,6 +377,7 @@ def run_vae(cfg, run_dir: Path, device: torch.device, console: Console) -> dict:
                 f"[bold red]interrupted ({e}) at step {trainer.state.step}[/]; saved {last}\n"
                 f"resume with: nfvi train resume={run_dir}"
             )
+            flag.chain()  # on SLURM: submitit requeues the job, which resumes here
             raise SystemExit(128 + e.signum) from None
 
     # evaluate the best model on the test split
