@@ -143,6 +143,11 @@ class TargetConfig:
 
 
 @dataclass
+class LoggerConfig:
+    name: str = "none"  # none | tensorboard
+
+
+@dataclass
 class Config:
     task: Task = Task.vae
     K: int = 10
@@ -159,6 +164,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register_configs() -> None:

@@ -26,6 +26,7 @@ from nfvi.checkpoint import atomic_write_json, atomic_write_text, load_checkpoin
 from nfvi.data import LoadedData, binarize, fixed_binarization, load_dataset
 from nfvi.evaluate import EvalResult, evaluate, validation_neg_elbo
 from nfvi.figures import draw_reconstructions, draw_samples
+from nfvi.loggers import make_logger
 from nfvi.models import FlowVAE
 from nfvi.optim import build_optimizer
 from nfvi.runtime import rng_state, seed_everything, set_rng_state
@@ -111,15 +112,19 @@ class Batches:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (flushed each write)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (flushed each write), and mirrors
+    each record to the optional logger (``logger=tensorboard``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mirror=None) -> None:
         self.path = path
+        self.mirror = mirror
 
     def write(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        if self.mirror is not None:
+            self.mirror.write(record)
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint we resume from)."""
@@ -169,7 +174,8 @@ class Trainer:
     def __init__(self, cfg, run_dir: Path, device: torch.device, console: Console) -> None:
         self.cfg, self.run_dir, self.device, self.console = cfg, run_dir, device, console
         self.ckpt_dir = run_dir / "checkpoints"
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.logger = make_logger(cfg.logger.name, run_dir)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", self.logger)
         seed_everything(cfg.seed)
         self.data = load_data(cfg, console)
         cfg.dataset.resolved_source = self.data.source
@@ -397,6 +403,9 @@ def run_vae(cfg, run_dir: Path, device: torch.device, console: Console) -> dict:
                          seed=cfg.seed)
     summary = summarize(cfg, state, res, device, trainer.data)
     atomic_write_json(run_dir / "summary.json", summary)
+    for name in ("samples", "reconstructions"):
+        trainer.logger.image(name, run_dir / f"{name}.png", state.step)
+    trainer.logger.close()
     return summary
 
 
