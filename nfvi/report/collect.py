@@ -1,0 +1,223 @@
+"""Find the run directories below some paths and load what each holds.
+
+A run directory is one with a ``.nfvi-run`` marker (written when the run starts). It is
+*finished* when it holds ``summary.json``; otherwise it is unfinished (it logged metrics) or
+failed (it logged nothing). Evaluations (``<run>/eval/<timestamp>/``, which hold ``eval.json``)
+are not runs: the walk never descends into a run directory, and a marked directory holding
+``eval.json`` is skipped.
+
+No torch, no Hydra here: ``nfvi report`` must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nfvi.errors import ConfigError
+
+#: the marker every run claims its directory with (``nfvi.app.RUN_MARKER``; not imported from
+#: there to keep this module free of Hydra)
+RUN_MARKER = ".nfvi-run"
+
+#: summary keys copied into the flat config (over config.yaml: the run's own record of what it
+#: was; and the only source when the config file is missing)
+_SUMMARY_CONFIG = {
+    "task": "task",
+    "K": "K",
+    "seed": "seed",
+    "flow": "flow.name",
+    "amortized": "flow.amortized",
+    "dataset": "dataset.name",
+    "data_source": "dataset.resolved_source",
+    "target": "target.name",
+}
+
+
+@dataclass
+class Run:
+    """One run directory: its flat config, its summary (``None`` unless finished), its metrics."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    summary: dict[str, Any] | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    #: "finished", "unfinished (last step N)" or "failed: ..."
+    status: str = "finished"
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("task") or (self.summary or {}).get("task") or "vae")
+
+    @property
+    def last_step(self) -> int | None:
+        steps = [m["step"] for m in self.metrics if isinstance(m.get("step"), int)]
+        return max(steps) if steps else None
+
+    def curve(self, split: str = "val", metric: str = "neg_elbo") -> list[tuple[int, float]]:
+        """``(step, value)`` of the records of one split (energy records have no split)."""
+        out = []
+        for m in self.metrics:
+            if m.get("split", split) == split and isinstance(m.get(metric), int | float):
+                out.append((int(m["step"]), float(m[metric])))
+        return out
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": (1, 2)}`` (lists become tuples,
+    so that every value is hashable)."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                out.update(flatten(v, key))
+            else:
+                out[key] = _hashable(v)
+    return out
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _hashable(x)) for k, x in v.items()))
+    return v
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> tuple[dict | None, str | None]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        return None, f"unreadable summary.json ({e.strerror})"
+    except json.JSONDecodeError as e:
+        return None, f"corrupt summary.json ({e.msg}, line {e.lineno})"
+    if not isinstance(data, dict):
+        return None, "corrupt summary.json (not an object)"
+    return data, None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; an unparsable line (a crash mid-write) is skipped."""
+    records = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return records
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    """Load one run directory (which must hold the marker)."""
+    path = Path(path)
+    raw = {}
+    for candidate in (path / "config.yaml", path / ".hydra" / "config.yaml"):
+        if candidate.is_file():
+            raw = _read_yaml(candidate)
+            if raw:
+                break
+    config = flatten(raw)
+    summary, problem = None, None
+    if (path / "summary.json").is_file():
+        summary, problem = _read_json(path / "summary.json")
+    if summary is not None:  # what the run recorded at its end wins (and fills a missing config)
+        for skey, ckey in _SUMMARY_CONFIG.items():
+            if summary.get(skey) is not None:
+                config[ckey] = _hashable(summary[skey])
+    metrics = read_metrics(path / "metrics.jsonl")
+    run = Run(path=path, name=name or str(path), config=config, summary=summary,
+              metrics=metrics)
+    if summary is not None:
+        run.status = "finished"
+    elif problem is not None:
+        run.status = f"failed: {problem}"
+    elif run.last_step is not None:
+        run.status = f"unfinished (last step {run.last_step})"
+    elif metrics:
+        run.status = "unfinished (no step logged)"
+    else:
+        run.status = "failed: no metrics"
+    return run
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_MARKER).is_file() and not (path / "eval.json").exists()
+
+
+def _display_name(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run directory at or below ``root`` (never looking inside a run directory)."""
+    if is_run_dir(root):
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            sub = here / d
+            if (sub / RUN_MARKER).is_file():
+                if is_run_dir(sub):
+                    found.append(sub)
+                continue  # a run (or an evaluation): do not descend
+            keep.append(d)
+        dirnames[:] = keep
+    return found
+
+
+def find_runs(paths: list[str]) -> list[Run]:
+    """Load every run below ``paths`` (each run once, sorted by path).
+
+    Raises :class:`ConfigError` for a path that does not exist or is not a directory.
+    """
+    if not paths:
+        raise ConfigError("no path given; pass one or more run directories or output folders, "
+                          "e.g. nfvi report outputs")
+    seen: dict[Path, None] = {}
+    for p in paths:
+        root = Path(p).expanduser()
+        if not root.exists():
+            raise ConfigError(f"{p} does not exist; pass a run directory or a folder of runs "
+                              "(e.g. outputs)")
+        if not root.is_dir():
+            if root.parent.is_dir() and is_run_dir(root.parent):
+                root = root.parent  # a file inside a run directory: that run
+            else:
+                raise ConfigError(f"{p} is a file, not a folder; pass a run directory or a "
+                                  "folder of runs (e.g. outputs)")
+        for d in find_run_dirs(root.resolve()):
+            seen.setdefault(d, None)
+    return [load_run(d, _display_name(d)) for d in sorted(seen)]
