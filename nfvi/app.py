@@ -124,6 +124,10 @@ def train_job(cfg: DictConfig) -> dict:
         cfg = _resume_config(cfg)
     device = _prepare(cfg)
     claim_run_dir(run_dir, resuming=bool(cfg.resume))
+    from nfvi.checkpoint import atomic_write_text
+
+    # the resolved config beside the run's files (a task may rewrite it with what it resolved)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     task = str(getattr(cfg.task, "value", cfg.task))
     summary = TASKS[task](cfg, run_dir, device, _console())
     print_summary(summary, "summary")
