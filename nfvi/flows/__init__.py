@@ -3,7 +3,7 @@
 Each flow family lives in its own module and registers its layer class on import.
 """
 
-from nfvi.flows import planar, radial  # noqa: F401  (registration on import)
+from nfvi.flows import householder, iaf, nice, planar, radial, realnvp, spline, sylvester  # noqa: F401  (registration on import)
 from nfvi.flows.base import (
     FLOWS,
     AmortizedParams,
