@@ -5,10 +5,10 @@ of cells of side ``h`` (default ``h = 0.02``) over the target's box
 (:meth:`~nfvi.energy.targets.EnergyTarget.quadrature_box`: ``(-6, 6)^2`` for U1 and
 ``z1 ∈ ±max(6, 9 s), z2 ∈ (-9, 7)`` for U2-U4), in float64 and with a log-sum-exp.
 The integrand is smooth and decays like a Gaussian, for which this rule converges faster than
-any power of ``h``; the mass outside the box is below 1e-15. The error it leaves is below 1e-9
-nats for every target (measured: for U2-U4 against the closed form
-``Z = [sum_j sigma_j sqrt(2 pi)] s sqrt(2 pi)``, difference < 1e-12 nats; for U1 the change
-from ``h = 0.02`` to ``h = 0.01`` is < 1e-12 nats). The result also carries the ``h`` versus
+any power of ``h``; the mass outside the box is below 1e-15. The error it leaves is below
+1e-11 nats for every target (measured: for U2-U4 against the closed form
+``Z = [sum_j sigma_j sqrt(2 pi)] s sqrt(2 pi)``, differences ~1e-15 nats; for U1 the change
+from ``h = 0.02`` to ``h = 0.01`` is 2e-13 nats). The result also carries the ``h`` versus
 ``2h`` difference, ``refinement_delta``, as a computed error bound.
 
 **KL.** With ``z_i ~ q_K``, ``KL(q || p) = E_q[ln q_K(z) + U(z)] + ln Z`` is estimated by the

@@ -65,11 +65,22 @@ class FlowDensity:
 
 @torch.no_grad()
 def flow_density(
-    model: EnergyModel, grid: int, hist_samples: int, hist_bins: int, chunk: int = 200_000
+    model: EnergyModel,
+    grid: int,
+    hist_samples: int,
+    hist_bins: int,
+    chunk: int = 200_000,
+    method: str = "auto",
 ) -> FlowDensity:
-    """``q_K`` on ``(-4, 4)^2``: exact where the flow inverts, else a histogram of samples."""
+    """``q_K`` on ``(-4, 4)^2``: exact where the flow inverts, else a histogram of samples.
+
+    ``method``: ``"auto"`` (exact if :attr:`EnergyModel.has_inverse`), ``"exact"`` or
+    ``"histogram"``. The histogram is normalized as a density: counts / (n * bin area).
+    """
     p = model.mean
-    if model.has_inverse:
+    if method not in ("auto", "exact", "histogram"):
+        raise ValueError(f"method must be auto, exact or histogram, got {method!r}")
+    if method == "exact" or (method == "auto" and model.has_inverse):
         z, _ = _grid(grid, p.device, p.dtype)
         logq = torch.cat([model.log_prob(c) for c in z.split(chunk)])
         dens = torch.exp(logq).reshape(grid, grid).float().cpu()
@@ -146,4 +157,29 @@ def plot_samples(
         ax.set_ylabel("z2")
     if title:
         fig.suptitle(title, fontsize=11)
+    _save(fig, path)
+
+
+def plot_panels(rows: list[list[tuple[str, Tensor]]], path: str | Path, title: str = "") -> None:
+    """A grid of density images on ``(-4, 4)^2``: ``rows[i][j] = (panel title, [n, n])``."""
+    plt = _plt()
+    nr, nc = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.6 * nc, 2.6 * nr), squeeze=False)
+    ext = (-EXTENT, EXTENT, -EXTENT, EXTENT)
+    for i, row in enumerate(rows):
+        for j in range(nc):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            name, img = row[j]
+            ax.imshow(img.numpy(), origin="lower", extent=ext, cmap="viridis",
+                      interpolation="nearest")
+            ax.set_title(name, fontsize=8)
+            ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     _save(fig, path)

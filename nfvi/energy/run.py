@@ -28,7 +28,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from nfvi.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from nfvi.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
 from nfvi.energy.evaluate import estimate_kl, log_partition
 from nfvi.energy.figures import plot_density, plot_samples
 from nfvi.energy.model import EnergyModel
@@ -65,6 +70,20 @@ def _resume_path(spec: str) -> Path:
     if p.is_dir():
         p = p / "checkpoints" / "last.pt"
     return p
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after ``step`` (written after the checkpoint a resumed run starts from)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
 def _check_compatible(ckpt: dict, cfg: Any) -> None:
@@ -110,6 +129,7 @@ def run_energy(cfg: Any, run_dir: Path, device: torch.device, console: Console) 
         step = int(ckpt["step"])
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        _truncate_metrics(run_dir / "metrics.jsonl", step)
         console.print(f"resumed from {resume} at step {step}")
 
     plain_cfg = _plain_config(cfg)
@@ -184,7 +204,7 @@ def run_energy(cfg: Any, run_dir: Path, device: torch.device, console: Console) 
                 metrics.flush()
                 acc_loss = acc_fe = 0.0
                 acc_n = 0
-                if step % print_every == 0 or step == max_steps:
+                if tr.progress and (step % print_every == 0 or step == max_steps):
                     console.print(
                         f"step {step:>6}/{max_steps}  loss {rec['loss']:.4f}  "
                         f"F(beta=1) {rec['free_energy']:.4f}  beta {beta:.3f}  "
@@ -245,6 +265,9 @@ def run_energy(cfg: Any, run_dir: Path, device: torch.device, console: Console) 
         },
         "density_method": density_method,
         "mc_samples": n,
+        "optim": str(_value(cfg.optim.name)),
+        "lr": float(cfg.optim.lr),
+        "beta_schedule": f"{schedule}(start={tr.beta_start}, steps={tr.beta_steps})",
         "seed": int(cfg.seed),
         "device": str(device),
     }
