@@ -107,7 +107,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     batch_size: int = 100
-    max_steps: int = 1500
+    max_steps: int = 2000
     max_epochs: int | None = None
     val_interval: int = 250
     log_interval: int = 50
