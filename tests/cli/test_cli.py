@@ -28,16 +28,6 @@ TINY = [
 ]
 
 
-@pytest.fixture()
-def env(tmp_path):
-    e = dict(os.environ)
-    e["NFVI_OUTPUT_ROOT"] = str(tmp_path / "outputs")
-    e["NFVI_DATA_DIR"] = str(tmp_path / "no-data")  # empty: auto falls back to the bundled set
-    e.pop("NFVI_DEBUG", None)
-    e.pop("HYDRA_FULL_ERROR", None)
-    return e
-
-
 def nfvi(*args: str, env: dict, cwd: Path | None = None, timeout: int = 300):
     return subprocess.run(
         [sys.executable, "-m", "nfvi.cli", *args],

@@ -6,21 +6,11 @@ import os
 import re
 import signal
 
-import pytest
-
 from nfvi.train import SignalFlag
 from tests.cli.test_cli import TINY, nfvi, run_dirs
 
 FAST = [a for a in TINY if not a.startswith(("trainer.num_threads", "K="))]
 FAST += ["trainer.max_steps=10", "eval.iw_samples=5", "eval.max_examples=20"]
-
-
-@pytest.fixture()
-def env(tmp_path):
-    e = dict(os.environ, NFVI_OUTPUT_ROOT=str(tmp_path / "out"),
-             NFVI_DATA_DIR=str(tmp_path / "none"))
-    e.pop("NFVI_DEBUG", None)
-    return e
 
 
 def threads_used(run) -> int:
@@ -33,7 +23,7 @@ def test_joblib_sweep_runs_four_jobs_in_four_directories(env, tmp_path):
     proc = nfvi("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                 *FAST, "K=0,1", "seed=0,1", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    runs = run_dirs(tmp_path / "out")
+    runs = run_dirs(tmp_path / "outputs")
     assert len(runs) == 4 and len(set(runs)) == 4
     assert all((r / "summary.json").is_file() for r in runs)
     # 2 jobs side by side: each gets cores // 2 threads, so jobs x threads <= cores
@@ -45,7 +35,7 @@ def test_submitit_local_sweep(env, tmp_path):
     proc = nfvi("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
                 "hydra.launcher.gpus_per_node=0", *FAST, "K=0,1", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    runs = run_dirs(tmp_path / "out")
+    runs = run_dirs(tmp_path / "outputs")
     assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
     assert {threads_used(r) for r in runs} == {1}
 

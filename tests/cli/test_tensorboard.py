@@ -11,14 +11,10 @@ from tests.cli.test_cli import TINY, nfvi, run_dirs
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 
-def test_tensorboard_mirrors_the_metrics(tmp_path):
-    import os
-
-    env = dict(os.environ, NFVI_OUTPUT_ROOT=str(tmp_path / "out"),
-               NFVI_DATA_DIR=str(tmp_path / "none"))
+def test_tensorboard_mirrors_the_metrics(env, tmp_path):
     proc = nfvi("train", *TINY, "logger=tensorboard", env=env)
     assert proc.returncode == 0, proc.stderr
-    (run,) = run_dirs(tmp_path / "out")
+    (run,) = run_dirs(tmp_path / "outputs")
     acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
