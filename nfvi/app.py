@@ -175,7 +175,10 @@ def eval_job(cfg: DictConfig) -> dict:
     ckpt = load_checkpoint(path)
     saved_task = ckpt["config"].get("task", "vae")
     if saved_task != "vae":
-        raise CheckpointError(f"{path} is a {saved_task} run; nfvi eval evaluates VAE runs")
+        raise CheckpointError(
+            f"{path} is from a task={saved_task} run, and nfvi eval evaluates VAE runs; "
+            "its summary.json, density.png and samples.png already hold the evaluation"
+        )
     run_cfg = _apply_overrides(ckpt["config"], task_overrides(), keep={"checkpoint": str(path)})
     device = _prepare(run_cfg)
     out_dir = hydra_run_dir()

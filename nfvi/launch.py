@@ -120,6 +120,8 @@ def eval_args(args: list[str]) -> list[str]:
         fail("nfvi eval evaluates one checkpoint; loop over checkpoints in the shell instead")
     p = Path(ckpt_arg).expanduser().resolve()
     ckpt = p / "checkpoints" / "best.pt" if p.is_dir() else p
+    if p.is_dir() and not ckpt.is_file() and (p / "checkpoints" / "last.pt").is_file():
+        ckpt = p / "checkpoints" / "last.pt"  # a run without validations (or an energy run)
     if not ckpt.is_file():
         fail(f"checkpoint {ckpt_arg} not found (looked for {ckpt}); pass checkpoint=<run dir> "
              "or <run dir>/checkpoints/best.pt")
