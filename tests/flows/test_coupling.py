@@ -6,21 +6,19 @@ The log-determinant, gradient and dtype checks common to every flow are in ``tes
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from nfvi.flows import FLOWS, FlowStack, make_flow
 from nfvi.flows.coupling import CouplingLayer
 from nfvi.flows.nice import NICE
 from nfvi.flows.realnvp import RealNVP
 from nfvi.flows.spline import RQSpline, rq_spline
+from tests.flows.composed import flow_config
 
 COUPLING = ["nice", "realnvp", "spline"]
 CONTEXT, BATCH = 6, 7
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "flow"
 F64 = torch.float64
 
 
@@ -55,7 +53,7 @@ def test_coupling_flows_are_registered_with_an_inverse():
 @pytest.mark.parametrize("name", COUPLING)
 @pytest.mark.parametrize("amortized", [False, True])
 def test_config_hyperparameters_build_the_flow(name, amortized):
-    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    cfg = flow_config(name)
     assert cfg.name == name and cfg.amortized is True
     hparams = dict(cfg.hparams)  # as the VAE and the energy task pass them (lists stay ListConfig)
     flow = make_flow(name, 5, 3, amortized=amortized, context_dim=CONTEXT, **hparams)

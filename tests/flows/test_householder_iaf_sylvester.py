@@ -6,11 +6,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from nfvi.flows import FLOWS, make_flow
 from nfvi.flows.householder import Householder, reflect
@@ -21,6 +19,7 @@ from nfvi.flows.sylvester import (
     SylvesterTriangular,
     orthogonalize,
 )
+from tests.flows.composed import flow_config
 
 DIM, CONTEXT, BATCH, K = 5, 6, 7, 4
 MINE = [
@@ -31,7 +30,6 @@ MINE = [
     "sylvester_triangular",
 ]
 SYLVESTER = ["sylvester_orthogonal", "sylvester_householder", "sylvester_triangular"]
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "flow"
 
 
 def stack(name, amortized, scale=None, dim=DIM, k=K, seed=0, **hparams):
@@ -76,9 +74,9 @@ def test_registered_with_inverse_flags():
 
 @pytest.mark.parametrize("name", MINE)
 def test_configs_build_the_flow_with_their_hparams(name):
-    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    assert cfg["name"] == name and cfg["amortized"] is True
-    hparams = cfg.get("hparams") or {}
+    cfg = flow_config(name)
+    assert cfg.name == name and cfg.amortized is True
+    hparams = dict(cfg.hparams)
     for dim in (2, 4, 40):  # energy task, the CLI tests, the paper's MNIST latent
         flow = make_flow(name, dim, 2, amortized=True, context_dim=CONTEXT, **hparams)
         z_k, ld = flow(torch.randn(3, dim), torch.randn(3, CONTEXT))
@@ -367,3 +365,12 @@ def test_sylvester_starts_near_the_identity(name):
         ctx = torch.randn(BATCH, CONTEXT) if amortized else None
         z_k, ld = flow(z, ctx)
         assert (z_k - z).abs().max() < tol and ld.abs().max() < tol
+
+
+@pytest.mark.parametrize("name", SYLVESTER)
+def test_sylvester_configs_clip_gradients_unless_told_otherwise(name):
+    from tests.flows.composed import composed_config
+
+    assert composed_config(f"flow={name}").trainer.grad_clip == 100.0
+    assert composed_config(f"flow={name}", "trainer.grad_clip=null").trainer.grad_clip is None
+    assert composed_config("flow=planar").trainer.grad_clip is None
