@@ -11,6 +11,7 @@ import nfvi
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Variational inference with normalizing flows: train, evaluate, sweep.",
 )
@@ -58,18 +59,17 @@ def report(
     out: Annotated[Path | None, typer.Option("-o", "--output", help="Where files go.")] = None,
 ) -> None:
     """Compare runs: group by the config values that differ, aggregate seeds, draw figures."""
-    from nfvi.errors import NfviError
-    from nfvi.launch import debug_enabled, fail
+    from nfvi.launch import debug_enabled, fail, one_line
 
     try:
         from nfvi.report.main import report as run_report
 
         code = run_report([str(p) for p in paths], by.split(",") if by else None, fmt,
                           str(out) if out else None)
-    except NfviError as ex:
+    except Exception as ex:  # one line, as everywhere; NFVI_DEBUG=1 for the traceback
         if debug_enabled():
             raise
-        fail(str(ex))
+        fail(one_line(ex))
     raise typer.Exit(code)
 
 
