@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +39,21 @@ def _mean_stderr(v: Tensor) -> tuple[float, float]:
     return mean, stderr
 
 
+@contextmanager
+def seeded_eval(model: torch.nn.Module, device: torch.device, seed: int) -> Iterator[None]:
+    """Eval mode, no_grad and a forked RNG seeded with ``seed``: repeatable, and the caller's
+    RNG and training mode are untouched."""
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def negative_elbo(model: FlowVAE, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per-example ``(-ELBO, recon, kl)`` at beta = 1, one z sample each; ``x [N, P]``."""
@@ -59,14 +76,10 @@ def evaluate(
 ) -> EvalResult:
     """-ELBO and ``-ln p(x)`` (``iw_samples`` importance samples) over binary data ``x [N, P]``.
 
-    Runs under a forked RNG seeded with ``seed``: repeatable, and the caller's RNG is untouched.
+    Runs under :func:`seeded_eval`.
     """
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_eval(model, x.device, seed):
         neg_elbo, recon, kl = negative_elbo(model, x, batch_size)
         nll = torch.cat(
             [
@@ -74,7 +87,6 @@ def evaluate(
                 for i in range(0, x.shape[0], batch_size)
             ]
         )
-    model.train(was_training)
     elbo_m, elbo_se = _mean_stderr(neg_elbo)
     nll_m, nll_se = _mean_stderr(nll)
     return EvalResult(
@@ -92,14 +104,9 @@ def evaluate(
 
 @torch.no_grad()
 def validation_neg_elbo(model: FlowVAE, x: Tensor, batch_size: int, seed: int) -> dict:
-    """Mean ``-ELBO``, recon and KL over ``x`` under a forked, seeded RNG."""
-    was_training = model.training
-    model.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    """Mean ``-ELBO``, recon and KL over ``x`` under :func:`seeded_eval`."""
+    with seeded_eval(model, x.device, seed):
         neg_elbo, recon, kl = negative_elbo(model, x, batch_size)
-    model.train(was_training)
     return {
         "neg_elbo": neg_elbo.mean().item(),
         "recon": recon.mean().item(),

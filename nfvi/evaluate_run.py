@@ -8,11 +8,10 @@ import torch
 from rich.console import Console
 
 from nfvi.checkpoint import atomic_write_json
-from nfvi.data import fixed_binarization
 from nfvi.evaluate import evaluate
 from nfvi.figures import draw_reconstructions, draw_samples
 from nfvi.models import FlowVAE
-from nfvi.train import load_data, versions
+from nfvi.train import eval_inputs, load_data, versions
 
 
 def run_eval(cfg, ckpt: dict, ckpt_path: Path, out_dir: Path, device: torch.device,
@@ -25,13 +24,8 @@ def run_eval(cfg, ckpt: dict, ckpt_path: Path, out_dir: Path, device: torch.devi
     model = FlowVAE.from_config(cfg, data.train.shape[1]).to(device)
     model.load_state_dict(ckpt["model"])
     split = str(getattr(cfg.eval.split, "value", cfg.eval.split))
-    raw = data.test if split == "test" else data.val
-    mode = str(getattr(cfg.dataset.binarize, "value", cfg.dataset.binarize))
-    # the same seeds as the training run's own evaluation, so the numbers are comparable
-    seed = cfg.seed + (4 if split == "test" else 1)
-    x = fixed_binarization(raw, mode, seed=seed).to(device)
-    if cfg.eval.max_examples is not None:
-        x = x[: cfg.eval.max_examples]
+    # the same bits as the training run's own evaluation, so the numbers are comparable
+    x = eval_inputs(cfg, data, split, device, cfg.eval.max_examples)
     console.print(f"evaluating {ckpt_path} on {len(x)} {split} points, "
                   f"S={cfg.eval.iw_samples}, device {device}")
     res = evaluate(model, x, cfg.eval.iw_samples, cfg.eval.chunk, cfg.eval.batch_size,

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from nfvi.checkpoint import atomic_write_bytes
+from nfvi.evaluate import seeded_eval
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> None:
@@ -34,9 +35,7 @@ def draw_reconstructions(model, x: Tensor, image_shape: tuple[int, ...], path: s
                          seed: int = 0) -> None:
     """Test digits (odd columns) beside their reconstructions (even columns), 32 pairs."""
     x = x[:32]
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_eval(model, x.device, seed):
         rec = model.reconstruct(x)
     pairs = torch.stack([x, rec], dim=1).reshape(-1, *image_shape)
     save_grid(pairs, path, nrow=8)

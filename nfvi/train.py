@@ -168,6 +168,19 @@ def _binarize_mode(cfg) -> str:
     return str(getattr(cfg.dataset.binarize, "value", cfg.dataset.binarize))
 
 
+# seed offsets of the fixed binarizations: the run's own evaluation and `nfvi eval` must agree
+_SPLIT_SEED = {"val": 1, "test": 4}
+
+
+def eval_inputs(cfg, data: LoadedData, split: str, device: torch.device,
+                limit: int | None = None) -> torch.Tensor:
+    """The ``val`` or ``test`` images, binarized once with a fixed seed, on ``device``; the
+    first ``limit`` of them when given (``eval.max_examples``)."""
+    raw = data.test if split == "test" else data.val
+    x = fixed_binarization(raw, _binarize_mode(cfg), seed=cfg.seed + _SPLIT_SEED[split])
+    return (x if limit is None else x[:limit]).to(device)
+
+
 class Trainer:
     """Owns the model, optimizer, data and state of one run; ``fit`` is the loop."""
 
@@ -179,10 +192,10 @@ class Trainer:
         seed_everything(cfg.seed)
         self.data = load_data(cfg, console)
         cfg.dataset.resolved_source = self.data.source
-        mode = _binarize_mode(cfg)
+        self.mode = _binarize_mode(cfg)  # read once: the config is slow to query per step
         self.train_x = self.data.train.to(device)
         # val/test binarized once with a fixed seed: every evaluation sees the same bits
-        self.val_x = fixed_binarization(self.data.val, mode, seed=cfg.seed + 1).to(device)
+        self.val_x = eval_inputs(cfg, self.data, "val", device)
         self.model = FlowVAE.from_config(cfg, self.train_x.shape[1]).to(device)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
         self.order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -250,7 +263,7 @@ class Trainer:
     def _train_step(self) -> tuple[torch.Tensor, float]:
         t = self.cfg.trainer
         idx = self.batches.indices(self.state.batch_in_epoch).to(self.device)
-        x = binarize(self.train_x[idx], _binarize_mode(self.cfg), generator=self.bin_gen,
+        x = binarize(self.train_x[idx], self.mode, generator=self.bin_gen,
                      threshold=self.cfg.dataset.threshold)
         beta = self.beta(self.state.step)
         terms = self.model.elbo(x, beta=beta)
@@ -389,10 +402,7 @@ def run_vae(cfg, run_dir: Path, device: torch.device, console: Console) -> dict:
     # evaluate the best model on the test split
     best = load_checkpoint(trainer.ckpt_dir / "best.pt", map_location=device)
     trainer.model.load_state_dict(best["model"])
-    mode = _binarize_mode(cfg)
-    test_x = fixed_binarization(trainer.data.test, mode, seed=cfg.seed + 4).to(device)
-    if cfg.eval.max_examples is not None:
-        test_x = test_x[: cfg.eval.max_examples]
+    test_x = eval_inputs(cfg, trainer.data, "test", device, cfg.eval.max_examples)
     console.print(f"evaluating best.pt (step {best['state']['step']}) on {len(test_x)} test "
                   f"points with S={cfg.eval.iw_samples} importance samples")
     res = evaluate(trainer.model, test_x, cfg.eval.iw_samples, cfg.eval.chunk,
