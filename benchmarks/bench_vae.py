@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from nfvi.models import FlowVAE
+from nfvi.vae.model import FlowVAE
 
 
 def sync(device: torch.device) -> None:

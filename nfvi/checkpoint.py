@@ -1,54 +1,23 @@
-"""Atomic writes and checkpoints.
+"""Checkpoints: written atomically, loaded with ``torch.load(weights_only=True)``.
 
 A checkpoint holds only state dicts, plain Python containers, tensors and RNG states, so that
-it loads with ``torch.load(weights_only=True)``. Every file is written to a temporary file in
-the same directory, flushed and fsync'ed, then renamed over the target: a crash leaves either
-the old file or the new one, never half of one.
+loading one never runs code. The training loop (:mod:`nfvi.training`) decides what goes in.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from nfvi.errors import CheckpointError
-
-
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+from nfvi.rundir import atomic_write
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """``torch.save`` the payload atomically."""
+    """``torch.save`` the payload atomically (see :func:`nfvi.rundir.atomic_write`)."""
     import torch
 
-    _atomic_write(Path(path), lambda f: torch.save(payload, f))
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

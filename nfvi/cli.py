@@ -59,17 +59,13 @@ def report(
     out: Annotated[Path | None, typer.Option("-o", "--output", help="Where files go.")] = None,
 ) -> None:
     """Compare runs: group by the config values that differ, aggregate seeds, draw figures."""
-    from nfvi.launch import debug_enabled, fail, one_line
+    from nfvi.errors import guard
 
-    try:
+    with guard():
         from nfvi.report.main import report as run_report
 
         code = run_report([str(p) for p in paths], by.split(",") if by else None, fmt,
                           str(out) if out else None)
-    except Exception as ex:  # one line, as everywhere; NFVI_DEBUG=1 for the traceback
-        if debug_enabled():
-            raise
-        fail(one_line(ex))
     raise typer.Exit(code)
 
 

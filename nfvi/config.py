@@ -42,6 +42,11 @@ class BetaSchedule(StrEnum):
     none = "none"  # beta_t = 1
 
 
+class OnNonFinite(StrEnum):
+    stop = "stop"  # stop the run, keeping the last finite checkpoints
+    skip = "skip"  # skip the update (up to 20 in a row)
+
+
 class OptimName(StrEnum):
     adam = "adam"
     adamax = "adamax"
@@ -116,6 +121,7 @@ class TrainerConfig:
     beta_start: float = 0.01
     beta_steps: int = 500
     grad_clip: float | None = None
+    on_nonfinite: OnNonFinite = OnNonFinite.stop
     num_threads: int | None = None
     progress: bool = True
     # how many MC samples for the energy task's batches
@@ -165,6 +171,28 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def typed(cfg: Any) -> Config:
+    """The composed DictConfig as the typed :class:`Config` (enums, dataclasses, plain dicts)."""
+    from omegaconf import OmegaConf
+
+    if isinstance(cfg, Config):
+        return cfg
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_plain(cfg: Config) -> dict:
+    """Plain containers with enums as strings: what checkpoints and config.yaml hold."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def to_yaml(cfg: Config) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(to_plain(cfg))
 
 
 def register_configs() -> None:

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import torch
 
+from nfvi.errors import ConfigError
+
 
 def _adam(params, c):
     return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
@@ -26,5 +28,7 @@ OPTIMIZERS = {"adam": _adam, "adamax": _adamax, "rmsprop": _rmsprop}
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg) -> torch.optim.Optimizer:
-    name = getattr(optim_cfg.name, "value", optim_cfg.name)
+    name = str(optim_cfg.name)
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; use optim= one of {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](params, optim_cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import torch
 
@@ -15,6 +16,8 @@ def resolve_device(spec: str) -> torch.device:
     ``auto`` picks CUDA when present, else CPU (MPS only when asked for: some ops are missing).
     """
     spec = str(spec)
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", spec):
+        raise DeviceError(f"unknown device {spec!r}; use device=auto, cpu, cuda, cuda:N or mps")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
@@ -33,11 +36,9 @@ def resolve_device(spec: str) -> torch.device:
                 f"cuda:0..cuda:{n - 1}); pick one of those or device=auto"
             )
         return dev
-    if spec == "mps":
-        if not torch.backends.mps.is_available():
-            raise DeviceError("device=mps was asked for but MPS is not available; use device=cpu")
-        return torch.device("mps")
-    raise DeviceError(f"unknown device {spec!r}; use device=auto, cpu, cuda, cuda:N or mps")
+    if not torch.backends.mps.is_available():  # spec == "mps"
+        raise DeviceError("device=mps was asked for but MPS is not available; use device=cpu")
+    return torch.device("mps")
 
 
 def seed_everything(seed: int) -> None:

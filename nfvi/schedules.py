@@ -10,7 +10,7 @@ def beta_at(step: int, schedule: str, start: float = 0.01, steps: int = 10000) -
     * ``linear``: ``min(1, t / steps)`` (KL warm-up from zero);
     * ``none``: 1.
     """
-    schedule = getattr(schedule, "value", schedule)
+    schedule = str(schedule)
     if schedule == "none":
         return 1.0
     if schedule == "paper":

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nfvi.checkpoint import atomic_write_bytes
 from nfvi.energy.model import EnergyModel
+from nfvi.rundir import atomic_write_bytes
 
 EXTENT = 4.0
 

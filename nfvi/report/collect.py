@@ -11,17 +11,13 @@ No torch, no Hydra here: ``nfvi report`` must start fast.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nfvi.errors import ConfigError
-
-#: the marker every run claims its directory with (``nfvi.app.RUN_MARKER``; not imported from
-#: there to keep this module free of Hydra)
-RUN_MARKER = ".nfvi-run"
+from nfvi.rundir import CONFIG, METRICS, RUN_MARKER, SUMMARY, is_run_dir, read_metrics, read_summary
 
 #: summary keys copied into the flat config (over config.yaml: the run's own record of what it
 #: was; and the only source when the config file is missing)
@@ -103,56 +99,24 @@ def _read_yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _read_json(path: Path) -> tuple[dict | None, str | None]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        return None, f"unreadable summary.json ({e.strerror})"
-    except json.JSONDecodeError as e:
-        return None, f"corrupt summary.json ({e.msg}, line {e.lineno})"
-    if not isinstance(data, dict):
-        return None, "corrupt summary.json (not an object)"
-    return data, None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of ``metrics.jsonl``; an unparsable line (a crash mid-write) is skipped."""
-    records = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return records
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
-
-
 def load_run(path: Path, name: str | None = None) -> Run:
     """Load one run directory (which must hold the marker)."""
     path = Path(path)
     raw = {}
-    for candidate in (path / "config.yaml", path / ".hydra" / "config.yaml"):
+    for candidate in (path / CONFIG, path / ".hydra" / "config.yaml"):
         if candidate.is_file():
             raw = _read_yaml(candidate)
             if raw:
                 break
     config = flatten(raw)
     summary, problem = None, None
-    if (path / "summary.json").is_file():
-        summary, problem = _read_json(path / "summary.json")
+    if (path / SUMMARY).is_file():
+        summary, problem = read_summary(path / SUMMARY)
     if summary is not None:  # what the run recorded at its end wins (and fills a missing config)
         for skey, ckey in _SUMMARY_CONFIG.items():
             if summary.get(skey) is not None:
                 config[ckey] = _hashable(summary[skey])
-    metrics = read_metrics(path / "metrics.jsonl")
+    metrics = read_metrics(path / METRICS)
     run = Run(path=path, name=name or str(path), config=config, summary=summary,
               metrics=metrics)
     if summary is not None:
@@ -166,10 +130,6 @@ def load_run(path: Path, name: str | None = None) -> Run:
     else:
         run.status = "failed: no metrics"
     return run
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / RUN_MARKER).is_file() and not (path / "eval.json").exists()
 
 
 def _display_name(path: Path) -> str:

@@ -17,7 +17,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-from nfvi.checkpoint import atomic_write_bytes
 from nfvi.report.aggregate import (
     Report,
     format_value,
@@ -28,6 +27,7 @@ from nfvi.report.aggregate import (
     stat,
 )
 from nfvi.report.collect import Run
+from nfvi.rundir import atomic_write_bytes
 
 
 def _figure(width: float, height: float):

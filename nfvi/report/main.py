@@ -252,8 +252,8 @@ def _out_dir(paths: list[str], out_dir: str | None) -> Path:
 
 def report(paths: list[str], by: list[str] | None, fmt: str, out_dir: str | None) -> int:
     """Run ``nfvi report``; returns the exit code (0). Bad input raises :class:`ConfigError`."""
-    from nfvi.checkpoint import atomic_write_text
     from nfvi.report.figures import draw_all
+    from nfvi.rundir import atomic_write_text
 
     fmt = (fmt or "table").strip().lower()
     fmt = {"md": "markdown"}.get(fmt, fmt)

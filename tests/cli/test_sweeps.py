@@ -6,7 +6,7 @@ import os
 import re
 import signal
 
-from nfvi.train import SignalFlag
+from nfvi.training import SignalFlag
 from tests.cli.test_cli import TINY, nfvi, run_dirs
 
 FAST = [a for a in TINY if not a.startswith(("trainer.num_threads", "K="))]

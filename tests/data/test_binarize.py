@@ -94,3 +94,15 @@ def test_fixed_binarization_leaves_global_rng_alone(grey):
 def test_unknown_mode(fn):
     with pytest.raises(ConfigError, match="unknown binarization mode"):
         fn(torch.rand(2))
+
+
+def test_threshold_argument_is_used_not_the_default():
+    # 0.35, 0.4 and 0.5 lie between 0.3 and 0.5: on at threshold 0.3, off at the default 0.5
+    x = torch.tensor([[0.0, 0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 1.0]])
+    at_03 = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    at_05 = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
+    assert torch.equal(binarize(x, "threshold", threshold=0.3), at_03)
+    assert torch.equal(binarize(x, "threshold"), at_05)
+    for seed in (0, 1, 99):
+        assert torch.equal(fixed_binarization(x, "threshold", seed, threshold=0.3), at_03)
+        assert torch.equal(fixed_binarization(x, "threshold", seed), at_05)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from nfvi.models import FlowVAE
+from nfvi.vae.model import FlowVAE
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfvi.flows import make_flow
-from nfvi.models.networks import mlp
+from nfvi.vae.networks import mlp
 
 LOG_2PI = math.log(2.0 * math.pi)
 

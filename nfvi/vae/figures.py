@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nfvi.checkpoint import atomic_write_bytes
-from nfvi.evaluate import seeded_eval
+from nfvi.rundir import atomic_write_bytes
+from nfvi.vae.evaluate import seeded_eval
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> None:

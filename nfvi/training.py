@@ -1,0 +1,382 @@
+"""The one training loop of every task.
+
+A task (:class:`Task`: the VAE in :mod:`nfvi.vae.run`, the 2D energies in
+:mod:`nfvi.energy.run`) supplies its model and optimizer, its objective for one step, its
+validation, the extra state it needs to resume, and its final summary. The loop owns the
+rest: the annealing schedule beta_t, the update (``loss.backward()`` happens here and nowhere
+else), gradient clipping, the non-finite guard, the progress bar, metrics.jsonl and the
+optional logger, ``last.pt`` / ``best.pt``, resuming, signals (Ctrl-C, SIGTERM, the cluster's
+SIGUSR1/2 before a requeue) and early stopping.
+
+Everything a run needs to continue exactly where it stopped (model, optimizer, counters, the
+log window, every RNG state and the task's own state) goes into ``checkpoints/last.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
+
+import nfvi
+from nfvi.checkpoint import load_checkpoint, save_checkpoint
+from nfvi.config import TrainerConfig
+from nfvi.errors import NfviError
+from nfvi.loggers import NullLogger
+from nfvi.rundir import BEST, LAST, MetricsLog, checkpoint_path
+from nfvi.runtime import rng_state, set_rng_state
+from nfvi.schedules import annealing_done, beta_at
+
+log = logging.getLogger("nfvi")
+
+#: consecutive non-finite losses after which ``trainer.on_nonfinite=skip`` gives up
+MAX_SKIPPED_IN_A_ROW = 20
+
+
+@dataclass
+class StepOutput:
+    """What a task's objective returns for one step: the scalar ``loss`` to minimise and
+    detached scalar ``stats`` to log (averaged over the steps between two log lines)."""
+
+    loss: Tensor
+    stats: dict[str, Tensor]
+
+
+@dataclass
+class Validation:
+    """A validation: ``score`` (lower is better: best.pt and early stopping follow it) and the
+    metrics written to metrics.jsonl with ``split: val``."""
+
+    score: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class TaskResult:
+    """A task's results (flat JSON-able values for summary.json / eval.json) and the figures
+    it drew (name -> PNG path, mirrored to the logger)."""
+
+    results: dict[str, Any]
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """The pieces a task gives the loop."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    #: updates per epoch (None: the task has no epochs)
+    steps_per_epoch: int | None
+
+    def objective(self, beta: float) -> StepOutput: ...
+
+    def validate(self) -> Validation: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def describe(self) -> str: ...
+
+    def finish(self, loop: Loop) -> TaskResult: ...
+
+
+@dataclass
+class LoopState:
+    """Counters saved with every checkpoint (plain values only)."""
+
+    step: int = 0
+    best_score: float = math.inf
+    best_step: int = -1
+    bad_validations: int = 0
+    skipped_steps: int = 0
+    elapsed: float = 0.0
+    stopped_early: bool = False
+
+
+class Interrupted(NfviError):
+    """Ctrl-C / SIGTERM / SIGUSR: ``last.pt`` is saved; exit status 128 + signal number."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted ({name}) at step {step}; saved {checkpoint_path(run_dir)}; "
+            f"resume with: nfvi train resume={run_dir}"
+        )
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLoss(NfviError):
+    """The loss was not finite; the run stopped, keeping its last finite checkpoints."""
+
+    exit_code = 3
+
+
+class SignalFlag:
+    """Turns SIGINT/SIGTERM (and SIGUSR1/2) into a flag the loop checks between steps.
+
+    SIGUSR1/2 are caught only where someone already handles them (submitit's pre-emption and
+    time-out signal on SLURM): after ``last.pt`` is written, :meth:`chain` hands the signal on
+    to that handler, which requeues the job.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalFlag:
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            try:
+                if s in (signal.SIGUSR1, signal.SIGUSR2) and not callable(signal.getsignal(s)):
+                    continue
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (some launchers): no handler
+                pass
+        return self
+
+    def chain(self) -> None:
+        """Call the handler that was there before ours (submitit's requeue), if any."""
+        old = self._old.get(self.signum) if self.signum is not None else None
+        if self.signum in (signal.SIGUSR1, signal.SIGUSR2) and callable(old):
+            old(self.signum, None)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def versions() -> dict:
+    return {
+        "nfvi": nfvi.__version__,
+        "torch": str(torch.__version__),
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }
+
+
+@dataclass
+class _Window:
+    """Running sums of the logged stats since the last log line, kept on the device (one sync
+    per log line, not per step) and saved with the state, so a resumed run logs the same
+    averages as an uninterrupted one."""
+
+    keys: list[str] = field(default_factory=list)
+    sums: Tensor | None = None
+    n: int = 0
+
+    def add(self, stats: dict[str, Tensor]) -> None:
+        values = torch.stack([v.detach().float() for v in stats.values()])
+        if self.sums is None or not self.keys:
+            self.keys, self.sums = list(stats), torch.zeros_like(values)
+        self.sums += values
+        self.n += 1
+
+    def mean_and_reset(self) -> dict[str, float]:
+        means = (self.sums / max(self.n, 1)).tolist() if self.sums is not None else []
+        if self.sums is not None:
+            self.sums.zero_()
+        self.n = 0
+        return dict(zip(self.keys, means, strict=True))
+
+
+class Loop:
+    """Runs a :class:`Task` for ``trainer.max_steps`` updates in ``run_dir``."""
+
+    def __init__(self, task: Task, trainer: TrainerConfig, run_dir: Path, console: Console,
+                 config: dict, logger: NullLogger | None = None) -> None:
+        self.task, self.t, self.run_dir, self.console = task, trainer, run_dir, console
+        self.config = config  # the resolved config as a plain dict, saved in every checkpoint
+        self.logger = logger or NullLogger()
+        self.metrics = MetricsLog(run_dir)
+        self.state = LoopState()
+        self.window = _Window()
+        self.device = next(task.model.parameters()).device
+        # first step whose loss was not finite (-1: none), tracked on the device: no sync
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.clock = time.perf_counter()
+        self.skipped_in_a_row = 0
+
+    # -- schedule and limits --------------------------------------------------------------
+    def beta(self, step: int) -> float:
+        return beta_at(step, self.t.beta_schedule, self.t.beta_start, self.t.beta_steps)
+
+    @property
+    def max_steps(self) -> int:
+        limit, per_epoch = self.t.max_steps, self.task.steps_per_epoch
+        if self.t.max_epochs is not None and per_epoch:
+            limit = min(limit, self.t.max_epochs * per_epoch)
+        return limit
+
+    @property
+    def epoch(self) -> int:
+        per_epoch = self.task.steps_per_epoch
+        return self.state.step // per_epoch if per_epoch else 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.clock
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {
+            "task": self.task.name,
+            "model": self.task.model.state_dict(),
+            "optimizer": self.task.optimizer.state_dict(),
+            "schedule": {"name": str(self.t.beta_schedule), "start": self.t.beta_start,
+                         "steps": self.t.beta_steps, "beta": self.beta(self.state.step)},
+            "state": asdict(self.state),
+            "rng": rng_state(),
+            "task_state": self.task.state_dict(),
+            "log_window": {"keys": self.window.keys, "sum": self.window.sums,
+                           "n": self.window.n},
+            "config": self.config,
+            "versions": versions(),
+        }
+
+    def save(self, name: str) -> Path:
+        self.state.elapsed = self.elapsed()
+        path = checkpoint_path(self.run_dir, name)
+        save_checkpoint(path, self.checkpoint())
+        return path
+
+    def resume(self, path: Path) -> None:
+        """Continue from ``path`` (a last.pt of this task): every state, and metrics.jsonl cut
+        back to the checkpoint's step."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.task.model.load_state_dict(ckpt["model"])
+        self.task.optimizer.load_state_dict(ckpt["optimizer"])
+        self.task.load_state_dict(ckpt.get("task_state", {}))
+        self.state = LoopState(**ckpt["state"])
+        set_rng_state(ckpt["rng"])
+        w = ckpt.get("log_window") or {}
+        sums = w.get("sum")
+        self.window = _Window(list(w.get("keys", [])),
+                              None if sums is None else sums.to(self.device), int(w.get("n", 0)))
+        self.clock = time.perf_counter() - self.state.elapsed
+        dropped = self.metrics.truncate_after(self.state.step)
+        if dropped:
+            log.info("metrics.jsonl: dropped %d line(s) logged after step %d", dropped,
+                     self.state.step)
+        self.console.print(f"resuming {self.run_dir} from step {self.state.step}")
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self) -> float:
+        """One update; returns the beta it used."""
+        beta = self.beta(self.state.step)
+        out = self.task.objective(beta)
+        self.state.step += 1
+        if self.t.on_nonfinite == "skip" and not bool(torch.isfinite(out.loss)):
+            self._skip()
+            return beta
+        if self.t.on_nonfinite != "skip":
+            bad = ~torch.isfinite(out.loss.detach()) & (self.first_bad < 0)
+            self.first_bad = torch.where(bad, self.state.step, self.first_bad)
+        self.task.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.t.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.t.grad_clip)
+        self.task.optimizer.step()
+        self.skipped_in_a_row = 0
+        self.window.add(out.stats)
+        return beta
+
+    def _skip(self) -> None:
+        self.state.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise NonFiniteLoss(
+                f"the loss was not finite for {self.skipped_in_a_row} steps in a row (up to step "
+                f"{self.state.step}); stopped, {checkpoint_path(self.run_dir)} holds the last "
+                "finite state: lower optim.lr or set trainer.grad_clip"
+            )
+
+    def check_finite(self) -> None:
+        """Stop (``trainer.on_nonfinite=stop``) once a loss was not finite: the checkpoints on
+        disk were all written before that step, so they stay finite and loadable."""
+        first = int(self.first_bad)
+        if first < 0:
+            return
+        have = [n for n in (LAST, BEST) if checkpoint_path(self.run_dir, n).is_file()]
+        raise NonFiniteLoss(
+            f"the loss was not finite at step {first}; stopped at step {self.state.step} "
+            f"without saving; {' and '.join(have) or 'no checkpoint'} in "
+            f"{self.run_dir / 'checkpoints'} hold(s) the last finite state: lower optim.lr, "
+            "set trainer.grad_clip, or trainer.on_nonfinite=skip"
+        )
+
+    # -- logging and validation -----------------------------------------------------------
+    def record(self, split: str, values: dict[str, float], beta: float) -> None:
+        rec = {"step": self.state.step, "epoch": self.epoch, "split": split, **values,
+               "beta": beta, "lr": self.task.optimizer.param_groups[0]["lr"],
+               "elapsed": self.elapsed()}
+        self.metrics.write(rec)
+        self.logger.write(rec)
+
+    def validate(self) -> bool:
+        """Validate, keep best.pt, count patience; True when early stopping says stop."""
+        val = self.task.validate()
+        s = self.state
+        if val.score < s.best_score:
+            s.best_score, s.best_step, s.bad_validations = val.score, s.step, 0
+            self.save(BEST)
+        elif annealing_done(s.step, self.t.beta_schedule, self.t.beta_start, self.t.beta_steps):
+            s.bad_validations += 1  # patience only counts once the objective is the true bound
+        self.record("val", val.metrics, 1.0)
+        log.info("step %d: validation score %.4f (best %.4f at step %d)", s.step, val.score,
+                 s.best_score, s.best_step)
+        self.save(LAST)  # a job killed without a signal loses at most one interval
+        if self.t.patience is not None and s.bad_validations >= self.t.patience:
+            s.stopped_early = True
+            self.console.print(f"early stop at step {s.step}: no validation improvement in "
+                               f"{self.t.patience} validations")
+            return True
+        return False
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> LoopState:
+        """Train to ``max_steps`` (or early stopping); raises :class:`Interrupted` after saving
+        last.pt on a signal and :class:`NonFiniteLoss` on a non-finite loss."""
+        max_steps, t = self.max_steps, self.t
+        if self.state.step == 0:
+            self.save(LAST)  # a run that fails at its first steps still has a finite state
+        progress = Progress(TextColumn("[bold]train"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                            console=self.console, disable=not t.progress)
+        with progress, SignalFlag() as flag:
+            bar = progress.add_task("train", total=max_steps, completed=self.state.step,
+                                    info="")
+            while self.state.step < max_steps:
+                beta = self.step()
+                step, last = self.state.step, self.state.step == max_steps
+                if step % t.log_interval == 0 or last:
+                    self.check_finite()
+                    values = self.window.mean_and_reset()
+                    self.record("train", values, beta)
+                    info = "  ".join(f"{k} {v:.3f}" for k, v in values.items())
+                    progress.update(bar, completed=step, info=f"{info}  beta {beta:.3f}")
+                if step % t.val_interval == 0 or last:
+                    self.check_finite()
+                    if self.validate():
+                        break
+                if flag.signum is not None:
+                    self.check_finite()
+                    self.save(LAST)
+                    flag.chain()  # on SLURM: submitit requeues the job, which resumes here
+                    raise Interrupted(flag.signum, step, self.run_dir)
+        self.state.elapsed = self.elapsed()
+        return self.state

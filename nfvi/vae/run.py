@@ -1,0 +1,185 @@
+"""The VAE task on the shared loop (Rezende & Mohamed 2015, section 6.2).
+
+:class:`VAETask` gives :class:`nfvi.training.Loop` its objective (the annealed free energy of a
+dynamically binarized minibatch), its validation (-ELBO on the fixed validation bits), its
+resumable state (the data order and the binarization generator) and its finish (the best
+checkpoint evaluated on the test split with the importance-weighted NLL, and two figures).
+:func:`evaluate_checkpoint` is ``nfvi eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import Tensor
+
+from nfvi.checkpoint import load_checkpoint
+from nfvi.config import Config
+from nfvi.data import LoadedData, binarize, fixed_binarization, load_dataset
+from nfvi.optim import build_optimizer
+from nfvi.rundir import BEST, checkpoint_path
+from nfvi.training import Loop, StepOutput, TaskResult, Validation
+from nfvi.vae.evaluate import EvalResult, evaluate, validation_neg_elbo
+from nfvi.vae.figures import draw_reconstructions, draw_samples
+from nfvi.vae.model import FlowVAE
+
+log = logging.getLogger("nfvi")
+
+# seed offsets of the fixed binarizations: the run's own evaluation and `nfvi eval` must agree
+_SPLIT_SEED = {"val": 1, "test": 4}
+
+
+def load_data(cfg: Config, console: Console) -> LoadedData:
+    d = cfg.dataset
+    data = load_dataset(name=d.name, source=str(d.source), data_dir=d.data_dir,
+                        download=d.download, val_size=d.val_size, split_seed=d.split_seed)
+    if data.note:
+        console.print(f"[bold yellow]{data.note}[/]")
+        log.info(data.note)  # the log file keeps it; the console already shows it
+    log.info("data: %s (%s) from %s: train %d, val %d, test %d", data.name, data.source,
+             data.location, len(data.train), len(data.val), len(data.test))
+    return data
+
+
+def eval_inputs(cfg: Config, data: LoadedData, split: str, device: torch.device,
+                limit: int | None = None) -> Tensor:
+    """The ``val`` or ``test`` images binarized once, the same way for every evaluation: a
+    fixed seed (dynamic mode) or ``dataset.threshold`` (threshold mode); on ``device``; the
+    first ``limit`` of them when given (``eval.max_examples``)."""
+    raw = data.test if split == "test" else data.val
+    x = fixed_binarization(raw, str(cfg.dataset.binarize), seed=cfg.seed + _SPLIT_SEED[split],
+                           threshold=cfg.dataset.threshold)
+    return (x if limit is None else x[:limit]).to(device)
+
+
+class Batches:
+    """Minibatch indices from a seeded permutation per epoch (the ragged last batch dropped)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.per_epoch = max(1, n // batch_size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.generator)
+        self.position = 0
+
+    def take(self) -> Tensor:
+        i = self.position * self.batch_size
+        idx = self.perm[i : i + self.batch_size]
+        self.position += 1
+        if self.position >= self.per_epoch:
+            self.position = 0
+            self.perm = torch.randperm(self.n, generator=self.generator)
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm,
+                "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.position = state["perm"], int(state["position"])
+
+
+class VAETask:
+    """The flow VAE on one data set (see the module docstring)."""
+
+    name = "vae"
+
+    def __init__(self, cfg: Config, device: torch.device, console: Console) -> None:
+        self.cfg, self.device, self.console = cfg, device, console
+        self.data = load_data(cfg, console)
+        cfg.dataset.resolved_source = self.data.source
+        self.mode, self.threshold = str(cfg.dataset.binarize), cfg.dataset.threshold
+        self.train_x = self.data.train.to(device)
+        self.val_x = eval_inputs(cfg, self.data, "val", device)
+        self.model = FlowVAE.from_config(cfg, self.train_x.shape[1]).to(device)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
+        self.batches = Batches(len(self.train_x), cfg.trainer.batch_size, cfg.seed)
+        self.steps_per_epoch = self.batches.per_epoch
+        self.bin_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        c = self.cfg
+        return (f"{c.flow.name} K={c.K} on {c.dataset.name} ({self.data.source}), "
+                f"{n:,} parameters")
+
+    def objective(self, beta: float) -> StepOutput:
+        idx = self.batches.take().to(self.device)
+        x = binarize(self.train_x[idx], self.mode, generator=self.bin_gen,
+                     threshold=self.threshold)
+        t = self.model.elbo(x, beta=beta)
+        return StepOutput(t.loss, {"loss": t.loss, "neg_elbo": t.neg_elbo.mean(),
+                                   "recon": t.recon.mean(), "kl": t.kl.mean()})
+
+    def validate(self) -> Validation:
+        val = validation_neg_elbo(self.model, self.val_x, self.cfg.eval.batch_size,
+                                  seed=self.cfg.seed + 3)
+        return Validation(val["neg_elbo"], val)
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches.state_dict(), "binarize": self.bin_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state["batches"])
+        self.bin_gen.set_state(state["binarize"])
+
+    def finish(self, loop: Loop) -> TaskResult:
+        """Evaluate best.pt on the test split; draw samples and reconstructions."""
+        best = load_checkpoint(checkpoint_path(loop.run_dir, BEST), map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        s = loop.state
+        training = {"data_source": self.data.source, "steps": s.step, "epochs": loop.epoch,
+                    "best_step": s.best_step, "stopped_early": s.stopped_early,
+                    "skipped_steps": s.skipped_steps, "wall_seconds": s.elapsed,
+                    "val_neg_elbo": s.best_score}
+        self.console.print(f"evaluating best.pt (step {s.best_step}) on the test split")
+        return test_and_draw(self.cfg, self.model, self.data, "test", loop.run_dir, training,
+                             self.device)
+
+
+def test_and_draw(cfg: Config, model: FlowVAE, data: LoadedData, split: str, out_dir: Path,
+                  before: dict, device: torch.device) -> TaskResult:
+    """The evaluation shared by a run's end and ``nfvi eval``: -ELBO and IS NLL on ``split``
+    (the fixed bits of :func:`eval_inputs`), and the two figures in ``out_dir``."""
+    x = eval_inputs(cfg, data, split, device, cfg.eval.max_examples)
+    res = evaluate(model, x, cfg.eval.iw_samples, cfg.eval.chunk, cfg.eval.batch_size,
+                   seed=cfg.eval.seed)
+    figures = {"samples": out_dir / "samples.png",
+               "reconstructions": out_dir / "reconstructions.png"}
+    draw_samples(model, data.image_shape, figures["samples"], seed=cfg.seed)
+    draw_reconstructions(model, x, data.image_shape, figures["reconstructions"], seed=cfg.seed)
+    return TaskResult({**before, **split_results(split, res)}, figures)
+
+
+def split_results(split: str, res: EvalResult) -> dict:
+    return {f"{split}_neg_elbo": res.neg_elbo, f"{split}_neg_elbo_stderr": res.neg_elbo_stderr,
+            f"{split}_nll": res.nll, f"{split}_nll_stderr": res.nll_stderr,
+            f"{split}_recon": res.recon, f"{split}_kl": res.kl,
+            f"{split}_examples": res.examples, "iw_samples": res.iw_samples,
+            "eval_seconds": res.seconds}
+
+
+def build(cfg: Config, device: torch.device, console: Console) -> VAETask:
+    return VAETask(cfg, device, console)
+
+
+def evaluate_checkpoint(cfg: Config, ckpt: dict, ckpt_path: Path, out_dir: Path,
+                        device: torch.device, console: Console) -> TaskResult:
+    """``nfvi eval``: rebuild the saved model and evaluate it on ``eval.split``."""
+    data = load_data(cfg, console)
+    trained_on = ckpt["config"]["dataset"].get("resolved_source")
+    if trained_on not in (None, data.source):
+        console.print(f"[bold yellow]WARNING:[/] the run trained on the {trained_on} data but "
+                      f"{data.source} data is evaluated now")
+    model = FlowVAE.from_config(cfg, data.train.shape[1]).to(device)
+    model.load_state_dict(ckpt["model"])
+    split = str(cfg.eval.split)
+    console.print(f"evaluating {ckpt_path} on the {split} split, S={cfg.eval.iw_samples}, "
+                  f"device {device}")
+    before = {"checkpoint": str(ckpt_path), "step": ckpt["state"]["step"],
+              "data_source": data.source, "split": split}
+    return test_and_draw(cfg, model, data, split, out_dir, before, device)
