@@ -9,6 +9,7 @@ This module must stay light: it is imported for ``nfvi train --help``, so no tor
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -222,7 +223,7 @@ def config_dir() -> Path:
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")  # no leading dot: not "." or ".."
 
 
 def validate(cfg: Any) -> None:
@@ -255,8 +256,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be positive or null")
     if t.beta_steps <= 0:
         raise ConfigError(f"trainer.beta_steps={t.beta_steps} must be positive")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr} must be positive")
+    if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
+        raise ConfigError(f"optim.lr={cfg.optim.lr} must be a positive finite number")
     e = cfg.eval
     for key in ("iw_samples", "chunk", "batch_size", "kl_samples", "grid"):
         if getattr(e, key) <= 0:

@@ -101,7 +101,7 @@ def _omegaconf_cause(text: str, cause: BaseException) -> str:
 def one_line(ex: BaseException) -> str:
     """A single line naming the problem and, where we know it, the fix."""
     if isinstance(ex, NfviError):
-        return str(ex).replace("\n", " ")
+        return " ".join(ln.strip() for ln in str(ex).splitlines() if ln.strip())
     lines = [ln.strip() for ln in str(ex).splitlines() if ln.strip()]
     text = lines[0] if lines else type(ex).__name__
     missing = _hydra_missing_option(text, lines[1:])

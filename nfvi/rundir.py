@@ -47,6 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: follow the umask instead
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -55,6 +56,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -80,12 +87,12 @@ def claim(run_dir: Path, resuming: bool = False) -> None:
 
     A resumed run must find the marker of the run it continues.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / RUN_MARKER
     if resuming:
         if not marker.exists():
             raise ConfigError(f"{run_dir} is not an nfvi run directory; pass resume=<run dir>")
         return
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
@@ -142,7 +149,7 @@ def run_dir_of(checkpoint: Path) -> Path:
 def read_metrics(path: Path) -> list[dict]:
     """The records of a metrics.jsonl; an unparsable line (a kill mid-append) is skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
     records = []
@@ -181,7 +188,10 @@ class MetricsLog:
 def summary_record(run: dict, results: dict) -> dict:
     """The one layout of summary.json and eval.json: ``schema``, then what identifies the run
     (``task``, ``flow``, ``K``, ``seed``, ... from :func:`nfvi.jobs.run_info`), then the
-    task's results (nats per example; energy: KL in nats)."""
+    task's results (nats per example; energy: KL in nats). A key in both is a bug."""
+    clash = ({"schema"} | set(run)) & set(results) | ({"schema"} & set(run))
+    if clash:
+        raise ValueError(f"summary keys given twice: {sorted(clash)}")
     return {"schema": SUMMARY_SCHEMA, **run, **results}
 
 
@@ -199,6 +209,8 @@ def read_summary(path: Path) -> tuple[dict | None, str | None]:
         return None, f"unreadable {path.name} ({e.strerror})"
     except json.JSONDecodeError as e:
         return None, f"corrupt {path.name} ({e.msg}, line {e.lineno})"
+    except UnicodeDecodeError:
+        return None, f"corrupt {path.name} (not UTF-8 text)"
     if not isinstance(data, dict):
         return None, f"corrupt {path.name} (not an object)"
     return data, None

@@ -1,9 +1,11 @@
-"""Devices, seeds, threads and RNG states."""
+"""Devices, seeds, threads, RNG states, and the seeded evaluation context."""
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -75,3 +77,18 @@ def _as_python_state(s):
     # weights_only loading gives lists back where random.getstate() had tuples
     version, internal, gauss = s
     return (version, tuple(internal), gauss)
+
+
+@contextmanager
+def seeded_eval(model: torch.nn.Module, device: torch.device, seed: int) -> Iterator[None]:
+    """Eval mode, no_grad and a forked RNG seeded with ``seed``: repeatable, and the caller's
+    RNG and training mode are untouched."""
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nfvi.flows import make_flow
+from nfvi.flows import InverseNotAvailable, make_flow
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -114,9 +114,10 @@ class EnergyModel(nn.Module):
         )
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """Exact ``ln q_K(z)`` by inverting the flow; only when :attr:`has_inverse`."""
+        """Exact ``ln q_K(z) = ln q_0(z_0) + ln|det dz_0/dz|``, ``z_0 = f^{-1}(z)``, in one
+        inverse pass (the inverse reports its own log-determinant); only when
+        :attr:`has_inverse`, else :class:`~nfvi.flows.InverseNotAvailable`."""
         if not self.has_inverse:
-            raise NotImplementedError("this flow has no inverse; sample q_K instead")
-        z0 = self.flow.inverse(z)
-        _, log_det = self.flow(z0)
-        return self.base_log_prob(z0) - log_det
+            raise InverseNotAvailable("this flow has no inverse; sample q_K instead")
+        z0, log_det_inverse = self.flow.inverse(z)
+        return self.base_log_prob(z0) + log_det_inverse

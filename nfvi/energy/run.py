@@ -29,8 +29,8 @@ from nfvi.energy.model import EnergyModel
 from nfvi.energy.targets import get_target
 from nfvi.errors import ConfigError
 from nfvi.optim import build_optimizer
+from nfvi.runtime import seeded_eval
 from nfvi.training import Loop, StepOutput, TaskResult, Validation
-from nfvi.vae.evaluate import seeded_eval
 
 #: samples of q_K for the histogram of density.png (when the flow has no inverse)
 HIST_SAMPLES = 1_000_000
@@ -96,7 +96,7 @@ class EnergyTask:
                            f"ln Z = {lz.log_z:.6f}  ESS = {est.ess_percent:.1f}%")
         t = cfg.trainer
         results = {
-            "target": target.name, "steps": loop.state.step, "kl": est.kl,
+            "steps": loop.state.step, "kl": est.kl,
             "kl_stderr": est.kl_stderr, "log_z": lz.log_z, "ess_percent": est.ess_percent,
             "wall_seconds": loop.state.elapsed, "kl_samples": est.n,
             "kl_nonfinite_samples": est.nonfinite,

@@ -2,24 +2,29 @@
 
 A flow maps base -> target, ``z_k = f_k(z_{k-1})``, and reports ``log|det df_k/dz_{k-1}|``
 per example, so that ``ln q_K(z_K) = ln q_0(z_0) - sum_k ln|det df_k/dz_{k-1}|``
-(Rezende & Mohamed 2015, eq. 7).
+(Rezende & Mohamed 2015, eq. 7). Where the flow inverts, the inverse reports the
+log-determinant of the inverse map, ``log|det df_k^{-1}/dz_k| = -log|det df_k/dz_{k-1}|`` at
+the recovered point, so that ``ln q_K(z_K) = ln q_0(z_0) + sum_k ln|det df_k^{-1}/dz_k|`` in one
+pass.
 
-Layers (:class:`FlowLayer`) say which raw parameters they need from outside
-(:meth:`FlowLayer.param_shapes`) and apply themselves given those parameters. Where the
-parameters come from is a separate, swappable piece (:class:`ParamSource`):
+One rule for parameters. A layer (:class:`FlowLayer`) declares every raw parameter it needs
+from outside in :meth:`FlowLayer.param_shapes` (per-example shapes) and applies itself given
+them; where they come from is one swappable piece of the stack (:class:`ParamSource`):
 
 * :class:`GlobalParams` -- learned parameters shared by every example (2D energies,
   ``flow.amortized=false``);
-* :class:`AmortizedParams` -- a linear head on the encoder's features that produces every
-  layer's parameters for each example (the paper's MNIST setup).
+* :class:`AmortizedParams` -- one linear head on the encoder's features ``h(x)`` that produces
+  every layer's raw parameters for each example in one batched matmul (the paper's MNIST
+  setup), ``theta(x) = W h(x) + c``.
+
+Parameters that are functions of ``z`` itself (the conditioners of coupling layers, IAF's MADE)
+are modules of the layer; their dependence on ``x`` is the outside parameter ``bias``, the
+first hidden layer's bias: ``W_1 [z_A; h(x)] + b_1 = W_1' z_A + (W_1'' h(x) + b_1)``, i.e. the
+old concatenated-input architecture with ``W_1'' h(x) + b_1`` produced by the head.
 
 :class:`FlowStack` holds K layers and one source and implements the public contract
-``forward(z, context=None) -> (z_K, log_abs_det[B])``.
-
-Flows whose parameters are functions of ``z`` itself (coupling and autoregressive layers) own
-their conditioner networks; such a layer declares no (or few) outside parameters, and when the
-stack is amortized it is built with ``context_dim`` and receives the encoder's features as
-``context`` in :meth:`FlowLayer.transform`, which its conditioner takes as an extra input.
+``forward(z, context=None) -> (z_K, log_abs_det [B])`` and
+``inverse(z_K, context=None) -> (z_0, log_abs_det_of_inverse [B])``.
 """
 
 from __future__ import annotations
@@ -33,13 +38,33 @@ from torch import Tensor, nn
 Params = dict[str, Tensor]
 
 
+class InverseNotAvailable(NotImplementedError):
+    """Raised by :meth:`FlowLayer.inverse` (and :meth:`FlowStack.inverse`) for flows that have
+    no inverse (``has_inverse = False``: planar, radial, the Sylvester flows)."""
+
+
 class FlowLayer(nn.Module):
     """One flow layer ``f: R^D -> R^D`` whose raw parameters are supplied from outside.
 
-    Subclasses implement :meth:`param_shapes` and :meth:`transform`. Parameters that do not
-    depend on ``z`` come from the stack's source; conditioner networks of ``z`` (coupling,
-    autoregressive layers) are modules of the layer, and take ``context`` when
-    ``context_dim`` is set (amortized stacks).
+    Built as ``cls(dim, index=0, **hparams)``: ``index`` is the layer's position in the stack
+    (lets layers alternate masks or orders), ``hparams`` the family's hyperparameters.
+
+    The contract, for every layer:
+
+    * ``forward(z, context=None) -> (z_next [B, D], log|det df/dz| [B])``;
+    * ``inverse(z_next, context=None) -> (z [B, D], log|det df^{-1}/dz_next| [B])``, the
+      latter ``= -log|det df/dz|`` at the recovered ``z``; layers without an inverse
+      (``has_inverse = False``) raise :class:`InverseNotAvailable`.
+
+    For a layer, ``context`` is the layer's raw parameter dict, name -> tensor
+    ``[B, *shape]`` (amortized) or ``[1, *shape]`` (global), with the names and shapes of
+    :meth:`param_shapes`, as produced by the stack's :class:`ParamSource`. A layer that
+    declares parameters raises ``ValueError`` when given None. (At the stack level,
+    :class:`FlowStack`, ``context`` is the encoder's features instead.)
+
+    Subclasses implement :meth:`param_shapes`, :meth:`forward` and, where the map inverts,
+    :meth:`inverse` (with ``has_inverse = True``); they read their parameters with
+    :meth:`raw_params`.
     """
 
     #: name in the registry; set by :func:`register_flow`
@@ -47,51 +72,56 @@ class FlowLayer(nn.Module):
     #: whether :meth:`inverse` is implemented
     has_inverse: bool = False
 
-    def __init__(self, dim: int, index: int = 0, context_dim: int | None = None) -> None:
+    def __init__(self, dim: int, index: int = 0, **hparams: object) -> None:
         super().__init__()
+        if hparams:
+            unknown = ", ".join(sorted(hparams))
+            raise TypeError(f"flow {self.name!r} got unknown hyperparameters: {unknown}")
         self.dim = dim
         self.index = index  # position in the stack: lets layers alternate masks or orders
-        self.context_dim = context_dim  # set for amortized stacks
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-example shapes of the raw (unconstrained) outside parameters, by name."""
         return {}
 
     def init_global(self, name: str, param: Tensor) -> None:
-        """Initialize a global (non-amortized) raw parameter in place. Default: N(0, 0.01^2)."""
+        """Initialize a global raw parameter in place (also the amortized head's bias).
+        Default: ``N(0, 0.01^2)``."""
         nn.init.normal_(param, std=0.01)
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Apply the layer.
+    def raw_params(self, context: Params | None) -> Params:
+        """The layer's raw parameter dict, checked: a layer that declares parameters needs one."""
+        if context is None:
+            if self.param_shapes():
+                raise ValueError(
+                    f"flow layer {self.name!r} needs its raw parameters "
+                    f"{sorted(self.param_shapes())} as context (a dict from the stack's "
+                    "ParamSource), got None"
+                )
+            return {}
+        if not isinstance(context, dict):
+            raise TypeError(
+                f"a flow layer's context is its raw parameter dict, got {type(context).__name__}"
+                " (encoder features go to the FlowStack, not to its layers)"
+            )
+        return context
 
-        Args:
-            z: ``[B, D]``.
-            params: name -> raw parameter of shape ``[B, *shape]`` or ``[1, *shape]``.
-            context: ``[B, context_dim]`` encoder features in an amortized stack, else None.
-
-        Returns:
-            ``(z_next [B, D], log_abs_det [B])``.
-        """
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        """``z [B, D] -> (z_next [B, D], log|det df/dz| [B])``; ``context``: raw parameters."""
         raise NotImplementedError
 
-    def inverse(self, z_next: Tensor, params: Params, context: Tensor | None = None) -> Tensor:
-        """The inverse map, where the flow has a closed or iterative inverse."""
-        raise NotImplementedError(f"flow {self.name!r} has no inverse")
-
-    def forward(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        return self.transform(z, params, context)
+    def inverse(self, z_next: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        """``z_next [B, D] -> (z [B, D], log|det df^{-1}/dz_next| [B])`` where the flow has a
+        closed or iterative inverse; otherwise :class:`InverseNotAvailable`."""
+        raise InverseNotAvailable(f"flow {self.name!r} has no inverse")
 
     def num_params(self) -> int:
-        """Number of raw parameters one example needs for this layer."""
+        """Number of raw outside parameters one example needs for this layer."""
         return sum(math.prod(s) for s in self.param_shapes().values())
 
 
 class ParamSource(nn.Module):
-    """Produces the raw parameters of every layer of a stack."""
+    """Produces the raw outside parameters of every layer of a stack."""
 
     def __init__(self, layers: list[FlowLayer]) -> None:
         super().__init__()
@@ -103,7 +133,10 @@ class ParamSource(nn.Module):
 
 
 class GlobalParams(ParamSource):
-    """Learned parameters shared by all examples (each returned with a leading dim of 1)."""
+    """Learned parameters shared by all examples (each returned with a leading dim of 1).
+
+    Each starts as the layer's :meth:`FlowLayer.init_global` makes it.
+    """
 
     def __init__(self, layers: list[FlowLayer]) -> None:
         super().__init__(layers)
@@ -123,9 +156,11 @@ class GlobalParams(ParamSource):
 class AmortizedParams(ParamSource):
     """Per-example parameters from the encoder's features: ``theta(x) = W h(x) + c``.
 
-    One linear head produces all K layers' raw parameters at once (shape
-    ``[B, sum_k num_params_k]``), which are split and reshaped per layer and name.
-    The head's weights start small so that the stack starts close to the identity.
+    One linear head ``[C] -> [sum_k num_params_k]`` produces all K layers' raw parameters in
+    one batched matmul (``[B, C] -> [B, sum_k num_params_k]``), which are split and reshaped
+    per layer and name. The head's weights start small (``N(0, 0.01^2)``) and its bias where
+    a global parameter would (:meth:`FlowLayer.init_global`), so both variants begin alike and
+    close to the identity.
     """
 
     def __init__(self, layers: list[FlowLayer], context_dim: int) -> None:
@@ -134,7 +169,6 @@ class AmortizedParams(ParamSource):
         self.head = nn.Linear(context_dim, max(sum(self.sizes), 1))
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
-        # the bias starts where a global parameter would, so both variants begin alike
         with torch.no_grad():
             offset = 0
             for layer, shapes in zip(layers, self.shapes, strict=True):
@@ -159,8 +193,13 @@ class AmortizedParams(ParamSource):
 class FlowStack(nn.Module):
     """K flow layers and the source of their parameters.
 
-    ``forward(z [B, D], context [B, C] | None) -> (z_K [B, D], sum_k log|det J_k| [B])``.
-    With K = 0 it is the identity with a zero log-determinant.
+    * ``forward(z [B, D], context) -> (z_K [B, D], sum_k log|det df_k/dz_{k-1}| [B])``;
+    * ``inverse(z_K [B, D], context) -> (z_0 [B, D], sum_k log|det df_k^{-1}/dz_k| [B])``,
+      the second ``= -`` the forward log-determinant at ``z_0`` (raises
+      :class:`InverseNotAvailable` unless every layer has an inverse).
+
+    ``context`` is the encoder's features ``[B, context_dim]`` in an amortized stack (then
+    required), else None. With K = 0 the stack is the identity with a zero log-determinant.
     """
 
     def __init__(
@@ -178,29 +217,33 @@ class FlowStack(nn.Module):
     def amortized(self) -> bool:
         return self.context_dim is not None
 
-    def layer_params(self, batch_size: int, context: Tensor | None) -> list[Params]:
+    def layer_params(self, batch_size: int, context: Tensor | None) -> list[Params | None]:
+        """Every layer's raw parameter dict from the source (None where there is no source)."""
         if self.amortized and len(self.layers) > 0 and context is None:
             raise ValueError("an amortized flow needs context of shape [B, context_dim]")
         if self.source is None or len(self.layers) == 0:
-            return [{} for _ in self.layers]
+            return [None for _ in self.layers]
         return self.source(batch_size, context)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         params = self.layer_params(z.shape[0], context)
         log_abs_det = z.new_zeros(z.shape[0])
-        ctx = context if self.amortized else None
         for layer, p in zip(self.layers, params, strict=True):
-            z, ld = layer(z, p, ctx)
+            z, ld = layer(z, p)
             log_abs_det = log_abs_det + ld
         return z, log_abs_det
 
-    def inverse(self, z_k: Tensor, context: Tensor | None = None) -> Tensor:
-        """Invert the whole stack (only for layers with ``has_inverse``)."""
+    def inverse(self, z_k: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Invert the whole stack, last layer first (only when :attr:`has_inverse`)."""
+        for layer in self.layers:
+            if not layer.has_inverse:
+                raise InverseNotAvailable(f"flow {layer.name!r} has no inverse")
         params = self.layer_params(z_k.shape[0], context)
-        ctx = context if self.amortized else None
+        log_abs_det = z_k.new_zeros(z_k.shape[0])
         for layer, p in zip(reversed(self.layers), reversed(params), strict=True):
-            z_k = layer.inverse(z_k, p, ctx)
-        return z_k
+            z_k, ld = layer.inverse(z_k, p)
+            log_abs_det = log_abs_det + ld
+        return z_k, log_abs_det
 
     @property
     def has_inverse(self) -> bool:
@@ -234,7 +277,8 @@ def make_flow(
     """Build a stack of ``K`` layers of flow ``name`` acting on ``dim`` dimensions.
 
     ``amortized=True`` needs ``context_dim``: the stack then takes ``context [B, context_dim]``
-    and produces every parameter from it. Extra keyword arguments go to the layer class.
+    and an :class:`AmortizedParams` head produces every layer's raw parameters from it;
+    otherwise they are :class:`GlobalParams`. Extra keyword arguments go to the layer class.
     """
     if name not in FLOWS:
         known = ", ".join(sorted(FLOWS))
@@ -245,11 +289,9 @@ def make_flow(
         raise ValueError("an amortized flow needs context_dim")
     cls = FLOWS[name]
     ctx_dim = context_dim if amortized else None
-    layers = [cls(dim, index=k, context_dim=ctx_dim, **hparams) for k in range(K)]
+    layers = [cls(dim, index=k, **hparams) for k in range(K)]
     if K == 0:
         return FlowStack(layers, None, ctx_dim)
-    if not any(layer.param_shapes() for layer in layers):
-        return FlowStack(layers, None, ctx_dim)  # every parameter lives in the layers
     if amortized:
         return FlowStack(layers, AmortizedParams(layers, context_dim), ctx_dim)
     return FlowStack(layers, GlobalParams(layers), ctx_dim)

@@ -2,12 +2,18 @@
 
 A coupling layer splits ``z [B, D]`` into a conditioning part ``z_A`` and an updated part
 ``z_B`` and applies an elementwise bijection to ``z_B`` whose parameters are a function of
-``z_A`` (and, in an amortized stack, of the encoder features ``h(x)``)::
+``z_A`` and of the layer's outside parameter ``bias`` (``b``)::
 
-    y_A = z_A,    y_B = g(z_B; theta),    theta = NN([z_A, h(x)])
+    y_A = z_A,    y_B = g(z_B; theta),    theta = NN(z_A; b)
 
 The Jacobian is block triangular, so ``log|det| = sum_i log|g'(z_B,i; theta_i)|``, and the
-inverse is ``z_B = g^{-1}(y_B; NN([y_A, h(x)]))``.
+inverse is ``z_B = g^{-1}(y_B; NN(y_A; b))`` with ``log|det| = -sum_i log|g'|``.
+
+``b`` is the bias of the conditioner's first hidden layer, ``a_1 = act(W_1 z_A + b)``, supplied
+by the stack's parameter source like every other flow's raw parameters: a learned global vector
+(``flow.amortized=false``) or, amortized, ``b(x) = W_h h(x) + c`` from the stack's head on the
+encoder features ``h(x)`` -- exactly a first layer on the concatenation ``[z_A, h(x)]``. With no
+hidden layer (``hidden=[]``) ``b`` is the output layer's bias instead.
 
 The halves are contiguous: ``first = z[:, :D // 2]``, ``second = z[:, D // 2:]``. With
 ``alternate=True`` a layer with an even ``index`` conditions on ``first`` and updates
@@ -42,36 +48,50 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class Conditioner(nn.Module):
-    """MLP ``[N, in_features] -> [N, out_features]``: zero-initialized output layer, output
-    scaled by ``1 / sqrt(last width)``."""
+    """MLP ``x [N, in_features], b [N|1, bias_size] -> [N, out_features]`` whose first layer's
+    bias ``b`` is given from outside: ``a_1 = act(W_1 x + b)``, ``a_{l+1} = act(W_{l+1} a_l +
+    b_{l+1})``, output ``(W_out a_L + b_out) / sqrt(H_L)`` with ``W_out, b_out`` zero at start.
+    With no hidden layer the output is ``(W_out x + b) / sqrt(in_features)``.
+    """
 
     def __init__(
         self, in_features: int, out_features: int, hidden: Sequence[int], activation: str
     ) -> None:
         super().__init__()
-        activation = str(getattr(activation, "value", activation))
+        activation = str(activation)
         if activation not in ACTIVATIONS:
             known = ", ".join(sorted(ACTIVATIONS))
             raise ValueError(f"unknown conditioner activation {activation!r}; use one of {known}")
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), ACTIVATIONS[activation]()]
-            width = int(h)
+        widths = [int(h) for h in hidden]
+        self.first = nn.Linear(in_features, widths[0], bias=False) if widths else None
+        layers: list[nn.Module] = [ACTIVATIONS[activation]()] if widths else []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
         self.body = nn.Sequential(*layers)
-        self.out = nn.Linear(width, out_features)
+        width = widths[-1] if widths else in_features
+        self.out = nn.Linear(width, out_features, bias=bool(widths))
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        if self.out.bias is not None:
+            nn.init.zeros_(self.out.bias)
         self.out_gain = width**-0.5
+        self.in_features = in_features
+        #: length of the outside bias: the first hidden width (the output width if none)
+        self.bias_size = widths[0] if widths else out_features
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.body(x)) * self.out_gain
+    def init_bias(self, param: Tensor) -> None:
+        """The outside bias's global value (and the amortized head's bias): ``nn.Linear``'s
+        default ``U(-1/sqrt(in), 1/sqrt(in))`` in a hidden layer; zero on the output layer
+        (so that the layer starts as the identity)."""
+        if self.first is None:
+            nn.init.zeros_(param)
+        else:
+            bound = self.in_features**-0.5
+            nn.init.uniform_(param, -bound, bound)
 
-
-def conditioner_macs(in_features: int, out_features: int, hidden: Sequence[int]) -> int:
-    """Multiply-accumulates of one conditioner call per example (the linear layers)."""
-    widths = [in_features, *[int(h) for h in hidden], out_features]
-    return sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        if self.first is None:
+            return (self.out(x) + bias) * self.out_gain
+        return self.out(self.body(self.first(x) + bias)) * self.out_gain
 
 
 class CouplingLayer(FlowLayer):
@@ -79,9 +99,8 @@ class CouplingLayer(FlowLayer):
 
     Subclasses set :attr:`params_per_dim` (entries of ``theta`` per updated coordinate) and
     implement :meth:`elementwise` (``x_B, theta -> y_B, log|g'| per coordinate``) and
-    :meth:`elementwise_inverse`. Every parameter lives in the conditioner, so
-    :meth:`param_shapes` is empty: global and amortized stacks differ only in whether the
-    conditioner also sees the encoder features ``context``.
+    :meth:`elementwise_inverse` (``y_B, theta -> x_B, log|(g^{-1})'| per coordinate``). The
+    one outside parameter is the conditioner's first-layer ``bias [bias_size]``.
     """
 
     has_inverse = True
@@ -91,13 +110,12 @@ class CouplingLayer(FlowLayer):
         self,
         dim: int,
         index: int = 0,
-        context_dim: int | None = None,
         *,
         hidden: Sequence[int] = (256, 256),
         activation: str = "tanh",
         alternate: bool = True,
     ) -> None:
-        super().__init__(dim, index, context_dim)
+        super().__init__(dim, index)
         if dim < 2:
             raise ValueError(f"a coupling flow needs dim >= 2, got dim={dim}")
         self.hidden = [int(h) for h in hidden]
@@ -106,11 +124,14 @@ class CouplingLayer(FlowLayer):
         n_first, n_second = self.split_at, dim - self.split_at
         self.n_cond, self.n_upd = (n_second, n_first) if self.swap else (n_first, n_second)
         self.conditioner = Conditioner(
-            self.n_cond + (context_dim or 0),
-            self.n_upd * self.params_per_dim,
-            self.hidden,
-            activation,
+            self.n_cond, self.n_upd * self.params_per_dim, self.hidden, activation
         )
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"bias": (self.conditioner.bias_size,)}
+
+    def init_global(self, name: str, param: Tensor) -> None:
+        self.conditioner.init_bias(param)
 
     # -- split / merge -------------------------------------------------------------------------
 
@@ -122,14 +143,11 @@ class CouplingLayer(FlowLayer):
     def merge(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         return torch.cat([z_b, z_a] if self.swap else [z_a, z_b], dim=-1)
 
-    def theta(self, z_a: Tensor, context: Tensor | None) -> Tensor:
+    def theta(self, z_a: Tensor, params: Params) -> Tensor:
         """Conditioner output ``[B, n_upd, params_per_dim]``."""
-        inp = z_a
-        if self.context_dim is not None:
-            if context is None:
-                raise ValueError("an amortized coupling layer needs context [B, context_dim]")
-            inp = torch.cat([z_a, context.expand(z_a.shape[0], -1)], dim=-1)
-        return self.conditioner(inp).view(z_a.shape[0], self.n_upd, self.params_per_dim)
+        return self.conditioner(z_a, params["bias"]).view(
+            z_a.shape[0], self.n_upd, self.params_per_dim
+        )
 
     # -- the elementwise bijection -------------------------------------------------------------
 
@@ -137,26 +155,21 @@ class CouplingLayer(FlowLayer):
         """``x [B, n], theta [B, n, p] -> (y [B, n], log|dy/dx| [B, n])``."""
         raise NotImplementedError
 
-    def elementwise_inverse(self, y: Tensor, theta: Tensor) -> Tensor:
+    def elementwise_inverse(self, y: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``y [B, n], theta [B, n, p] -> (x [B, n], log|dx/dy| [B, n])``."""
         raise NotImplementedError
 
     # -- the FlowLayer contract ----------------------------------------------------------------
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def couple(self, z: Tensor, context: Params | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The coupling map (or its inverse): ``z_A`` kept, ``z_B`` mapped elementwise."""
         z_a, z_b = self.split(z)
-        y_b, log_d = self.elementwise(z_b, self.theta(z_a, context))
+        theta = self.theta(z_a, self.raw_params(context))
+        y_b, log_d = (self.elementwise_inverse if inverse else self.elementwise)(z_b, theta)
         return self.merge(z_a, y_b), log_d.sum(-1)
 
-    def inverse(self, z_next: Tensor, params: Params, context: Tensor | None = None) -> Tensor:
-        y_a, y_b = self.split(z_next)
-        return self.merge(y_a, self.elementwise_inverse(y_b, self.theta(y_a, context)))
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        return self.couple(z, context, inverse=False)
 
-    # -- bookkeeping for the README table ------------------------------------------------------
-
-    def conditioner_macs(self) -> int:
-        """Multiply-accumulates of the conditioner per example."""
-        return conditioner_macs(
-            self.n_cond + (self.context_dim or 0), self.n_upd * self.params_per_dim, self.hidden
-        )
+    def inverse(self, z_next: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        return self.couple(z_next, context, inverse=True)

@@ -43,19 +43,14 @@ class Householder(FlowLayer):
 
     has_inverse = True
 
-    def __init__(self, dim: int, index: int = 0, context_dim: int | None = None) -> None:
-        super().__init__(dim, index, context_dim)
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"v": (self.dim,)}
 
     def init_global(self, name: str, param: Tensor) -> None:
         torch.nn.init.normal_(param, std=1.0)
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        return reflect(z, params["v"]), z.new_zeros(z.shape[0])
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        return reflect(z, self.raw_params(context)["v"]), z.new_zeros(z.shape[0])
 
-    def inverse(self, z_next: Tensor, params: Params, context: Tensor | None = None) -> Tensor:
-        return reflect(z_next, params["v"])  # H^{-1} = H
+    def inverse(self, z_next: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        return self.forward(z_next, context)  # H^{-1} = H, log|det| = 0 both ways

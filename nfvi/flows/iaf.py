@@ -2,10 +2,12 @@
 "Improved Variational Inference with Inverse Autoregressive Flow"), with MADE conditioners
 (Germain et al. 2015).
 
-One layer computes, with an autoregressive network of ``z`` (and, in an amortized stack, of the
-encoder's features ``h``, an extra input of every autoregressive network as in the paper)
+One layer computes, with an autoregressive network of ``z`` and the layer's outside parameter
+``b`` (the bias of the MADE's first hidden layer; in an amortized stack ``b(x) = W_h h(x) + c``
+from the stack's head on the encoder's features ``h``, which makes ``h`` an extra input of every
+autoregressive network as in the paper)
 
-    [m, s] = MADE(z, h),    sigma = sigmoid(s + forget_bias),
+    [m, s] = MADE(z; b),    sigma = sigmoid(s + forget_bias),
     z' = sigma * z + (1 - sigma) * m,
     log|det dz'/dz| = sum_i log sigma_i      (computed with logsigmoid),
 
@@ -21,8 +23,9 @@ Kingma et al. initialize the network so that ``s`` is "sufficiently positive, su
 The MADE: masked, weight-normalized linear layers (weight normalization as in the paper)
 ``D -> hidden[0] -> ... -> 2D`` with ELU activations; hidden unit ``k`` has a degree ``d_k``
 cycling through ``1..D-1``, takes input ``j`` if ``deg(j) <= d_k``, and output ``i`` takes unit
-``k`` if ``deg(i) > d_k`` (``deg`` = 1 + position in the order). The context enters the first
-layer through a dense map (it does not depend on ``z``).
+``k`` if ``deg(i) > d_k`` (``deg`` = 1 + position in the order). The first hidden layer has
+no bias of its own: the outside ``b [hidden[0]]`` is added there (it does not depend on ``z``);
+with no hidden layer, ``b [2D]`` is the output layer's bias.
 
 Robustness (a choice of this implementation, not in the paper): ``s`` and ``m`` pass through
 soft bounds ``c tanh(x / c)`` (``s_bound = 4``, ``m_bound = 10`` by default; ``null`` turns
@@ -32,7 +35,9 @@ the weights, which keeps training in float32 and exact log-determinant checks in
 at the scale of a VAE's latents (and the 2D energies) the bounds are rarely approached.
 
 The inverse is sequential: ``z_i = (z'_i - (1 - sigma_i) m_i) / sigma_i`` in the layer's order,
-re-running the MADE once per dimension (D passes).
+re-running the MADE once per dimension (D passes); its log-determinant is
+``-sum_i log sigma_i`` at the recovered ``z`` (the last pass already has every ``sigma_i``
+exact, since no output depends on the last variable in the order).
 """
 
 from __future__ import annotations
@@ -74,60 +79,50 @@ class MaskedLinear(nn.Module):
 
 
 class MADE(nn.Module):
-    """``z [B, D] (, context [B, C]) -> (m [B, D], s [B, D])``, autoregressive in ``order``.
+    """``z [B, D], b [B|1, bias_size] -> (m [B, D], s [B, D])``, autoregressive in ``order``.
 
     ``order[p]`` is the variable at position ``p``; outputs ``m_i, s_i`` depend on ``z_j`` only
-    for ``j`` before ``i`` in ``order`` (the first variable's depend on the context only).
-    ELU between layers; the context enters the first layer through a dense map.
+    for ``j`` before ``i`` in ``order`` (the first variable's depend on ``b`` only). ELU between
+    layers; ``b`` is the first hidden layer's bias (the output layer's with no hidden layer).
     """
 
-    def __init__(
-        self, dim: int, hidden: list[int], order: list[int], context_dim: int | None = None
-    ) -> None:
+    def __init__(self, dim: int, hidden: list[int], order: list[int]) -> None:
         super().__init__()
         self.dim = dim
         deg_in = torch.empty(dim, dtype=torch.long)
         deg_in[torch.tensor(order, dtype=torch.long)] = torch.arange(1, dim + 1)  # 1 + position
         layers: list[MaskedLinear] = []
         prev = deg_in
-        for width in hidden:
+        for k, width in enumerate(hidden):
             # hidden degrees cycle through 1..D-1 (D = 1: degree 0, the units see no z)
             deg = torch.arange(width) % max(dim - 1, 1) + (1 if dim > 1 else 0)
-            layers.append(MaskedLinear(prev.numel(), width, (deg[:, None] >= prev[None, :])))
+            mask = deg[:, None] >= prev[None, :]
+            layers.append(MaskedLinear(prev.numel(), width, mask, bias=k > 0))
             prev = deg
         out_deg = deg_in.repeat(2)  # [m, s]
         self.hidden = nn.ModuleList(layers)
-        self.out = MaskedLinear(prev.numel(), 2 * dim, out_deg[:, None] > prev[None, :])
-        # the context feeds the first layer (the output layer when there is no hidden layer)
-        self.context = None
-        if context_dim is not None:
-            first = hidden[0] if hidden else 2 * dim
-            self.context = MaskedLinear(context_dim, first, bias=False)
+        out_mask = out_deg[:, None] > prev[None, :]
+        self.out = MaskedLinear(prev.numel(), 2 * dim, out_mask, bias=bool(hidden))
+        #: length of the outside bias: the first hidden width (2D with no hidden layer)
+        self.bias_size = hidden[0] if hidden else 2 * dim
 
-    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if (self.context is None) != (context is None):
-            raise ValueError(
-                "this MADE was built for context [B, context_dim]"
-                if context is None
-                else "this MADE was built without context"
-            )
-        ctx = self.context(context) if self.context is not None else None
-        x = z
-        for k, layer in enumerate(self.hidden):
-            x = layer(x)
-            if k == 0 and ctx is not None:
-                x = x + ctx
-            x = F.elu(x)
-        out = self.out(x)
-        if not self.hidden and ctx is not None:
-            out = out + ctx
+    def forward(self, z: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.hidden:
+            out = self.out(z) + bias
+        else:
+            x = z
+            for k, layer in enumerate(self.hidden):
+                x = layer(x)
+                x = F.elu(x + bias if k == 0 else x)
+            out = self.out(x)
         m, s = out.chunk(2, dim=-1)
         return m, s
 
 
 @register_flow("iaf")
 class IAF(FlowLayer):
-    """An IAF step with its own MADE; no outside parameters (everything is a function of z, h).
+    """An IAF step with its own MADE; outside parameter: ``bias`` (the MADE's first-layer bias,
+    zero at start), through which an amortized stack feeds the encoder's features.
 
     Hyperparameters: ``hidden`` (widths of the MADE's hidden layers), ``forget_bias`` (added to
     ``s`` before the sigmoid), ``s_bound`` and ``m_bound`` (soft bounds ``c tanh(x / c)`` on the
@@ -140,13 +135,13 @@ class IAF(FlowLayer):
         self,
         dim: int,
         index: int = 0,
-        context_dim: int | None = None,
+        *,
         hidden: list[int] | tuple[int, ...] = (320,),
         forget_bias: float = 2.0,
         s_bound: float | None = 4.0,
         m_bound: float | None = 10.0,
     ) -> None:
-        super().__init__(dim, index, context_dim)
+        super().__init__(dim, index)
         self.forget_bias = float(forget_bias)
         self.s_bound = None if s_bound is None else float(s_bound)
         self.m_bound = None if m_bound is None else float(m_bound)
@@ -157,13 +152,19 @@ class IAF(FlowLayer):
         if index % 2 == 1:
             order.reverse()
         self.order = order
-        self.made = MADE(dim, [int(h) for h in hidden], order, context_dim)
+        self.made = MADE(dim, [int(h) for h in hidden], order)
         # start with m = 0 and s = 0 exactly: sigma = sigmoid(forget_bias) everywhere
         nn.init.zeros_(self.made.out.g)
 
-    def gate(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"bias": (self.made.bias_size,)}
+
+    def init_global(self, name: str, param: Tensor) -> None:
+        nn.init.zeros_(param)
+
+    def gate(self, z: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``m``, ``sigma`` and ``log sigma`` ``[B, D]`` at ``z`` (each ``i`` from ``z_<i``)."""
-        m, s = self.made(z, context)
+        m, s = self.made(z, bias)
         if self.s_bound is not None:
             s = self.s_bound * torch.tanh(s / self.s_bound)
         if self.m_bound is not None:
@@ -171,18 +172,18 @@ class IAF(FlowLayer):
         s = s + self.forget_bias
         return m, torch.sigmoid(s), F.logsigmoid(s)
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        m, sigma, log_sigma = self.gate(z, context)
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        m, sigma, log_sigma = self.gate(z, self.raw_params(context)["bias"])
         z_next = sigma * z + (1.0 - sigma) * m
         return z_next, log_sigma.sum(-1)
 
-    def inverse(self, z_next: Tensor, params: Params, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z_next: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
         """Solve ``z_next = sigma(z) z + (1 - sigma(z)) m(z)`` one variable at a time."""
+        bias = self.raw_params(context)["bias"]
         z = torch.zeros_like(z_next)
         for i in self.order:  # m_i, sigma_i need only the z_j before i, already recovered
-            m, sigma, _ = self.gate(z, context)
+            m, sigma, log_sigma = self.gate(z, bias)
             zi = (z_next[:, i] - (1.0 - sigma[:, i]) * m[:, i]) / sigma[:, i]
             z = torch.cat([z[:, :i], zi.unsqueeze(-1), z[:, i + 1 :]], dim=-1)
-        return z
+        # the last pass saw every z_j but the last in the order, which no output depends on
+        return z, -log_sigma.sum(-1)

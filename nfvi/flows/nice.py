@@ -3,11 +3,13 @@
 One layer (index ``k``)::
 
     u   = M_k z                       (k > 0; M_0 = I)
-    y_A = u_A,   y_B = u_B + m(u_A, h(x)),   log|det df/dz| = 0
+    y_A = u_A,   y_B = u_B + m(u_A; b),   log|det df/dz| = 0
 
-``m`` is an MLP (the conditioner, see :mod:`nfvi.flows.coupling`); ``h(x)`` are the encoder
-features in an amortized stack. The map is volume preserving (the NICE paper's final diagonal
-scaling layer is not used: Rezende & Mohamed 2015 treat NICE as a volume-preserving flow).
+``m`` is an MLP (the conditioner, see :mod:`nfvi.flows.coupling`) whose first-layer bias ``b``
+is the layer's outside parameter (amortized: ``b(x)`` from the stack's head on the encoder
+features). The inverse is ``u_B = y_B - m(y_A; b)``, ``z = M_k^T u``. The map is volume
+preserving (the NICE paper's final diagonal scaling layer is not used: Rezende & Mohamed 2015
+treat NICE as a volume-preserving flow).
 
 ``mixing`` chooses ``M_k``, the NICE-orth / NICE-perm variants of R&M 2015 (Table 2):
 
@@ -26,7 +28,6 @@ With ``orthogonal`` or ``permutation`` the split is fixed (condition on ``z[:, :
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -72,7 +73,7 @@ def random_permutation(dim: int, generator: torch.Generator) -> Tensor:
 
 @register_flow("nice")
 class NICE(CouplingLayer):
-    """Additive coupling ``y_B = z_B + m(z_A)``; no outside parameters.
+    """Additive coupling ``y_B = z_B + m(z_A; b)``; outside parameter: ``bias`` (``b``).
 
     Hyperparameters: ``hidden`` (conditioner widths), ``activation``, ``mixing``
     (``orthogonal | permutation | none``), ``mixing_seed``.
@@ -80,24 +81,13 @@ class NICE(CouplingLayer):
 
     params_per_dim = 1
 
-    def __init__(
-        self,
-        dim: int,
-        index: int = 0,
-        context_dim: int | None = None,
-        *,
-        hidden: Sequence[int] = (256, 256),
-        activation: str = "tanh",
-        mixing: str = "orthogonal",
-        mixing_seed: int = 0,
-    ) -> None:
-        mixing = str(getattr(mixing, "value", mixing))
+    def __init__(self, dim: int, index: int = 0, *, mixing: str = "orthogonal",
+                 mixing_seed: int = 0, **conditioner: object) -> None:
+        # conditioner: hidden, activation (see CouplingLayer)
+        mixing = str(mixing)
         if mixing not in MIXINGS:
             raise ValueError(f"unknown NICE mixing {mixing!r}; use one of {', '.join(MIXINGS)}")
-        super().__init__(
-            dim, index, context_dim, hidden=hidden, activation=activation,
-            alternate=mixing == "none",
-        )
+        super().__init__(dim, index, alternate=mixing == "none", **conditioner)
         self.mixing = mixing if index > 0 else "none"  # mixing happens *between* layers
         if self.mixing == "orthogonal":
             refl = random_reflectors(dim, _generator(mixing_seed, index))
@@ -128,18 +118,12 @@ class NICE(CouplingLayer):
     def elementwise(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         return x + theta[..., 0], torch.zeros_like(x)
 
-    def elementwise_inverse(self, y: Tensor, theta: Tensor) -> Tensor:
-        return y - theta[..., 0]
+    def elementwise_inverse(self, y: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return y - theta[..., 0], torch.zeros_like(y)
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        return super().transform(self.mix(z), params, context)
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        return self.couple(self.mix(z), context, inverse=False)  # log|det M_k| = 0
 
-    def inverse(self, z_next: Tensor, params: Params, context: Tensor | None = None) -> Tensor:
-        return self.unmix(super().inverse(z_next, params, context))
-
-    def cost_macs(self) -> int:
-        """Multiply-accumulates per example: conditioner + mixing (``D^2`` for orthogonal)."""
-        mix = self.dim * self.dim if self.mixing == "orthogonal" else 0
-        return self.conditioner_macs() + mix
+    def inverse(self, z_next: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        u, log_abs_det = self.couple(z_next, context, inverse=True)
+        return self.unmix(u), log_abs_det

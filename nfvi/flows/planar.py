@@ -6,6 +6,9 @@
 Invertibility needs ``w^T u_hat >= -1``; the raw ``u`` is mapped to
 ``u_hat = u + [m(w^T u) - w^T u] w / ||w||^2`` with ``m(x) = -1 + softplus(x)``,
 so ``w^T u_hat = m(w^T u) > -1`` for every raw parameter.
+
+There is no closed-form inverse (``has_inverse = False``: :meth:`inverse` raises
+:class:`~nfvi.flows.base.InverseNotAvailable`).
 """
 
 from __future__ import annotations
@@ -31,9 +34,8 @@ class Planar(FlowLayer):
         w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         return u + (F.softplus(wu) - 1.0 - wu) * w / w_sq
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        params = self.raw_params(context)
         u, w, b = params["u"], params["w"], params["b"]
         u_hat = self.constrained_u(u, w)
         a = (w * z).sum(-1, keepdim=True) + b  # [B, 1]

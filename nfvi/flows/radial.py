@@ -4,7 +4,9 @@
 ``log|det| = (D - 1) log(1 + beta h) + log(1 + beta h + beta h'(alpha, r) r)``,
 ``h' = -1 / (alpha + r)^2`` (the ICML PDF drops the beta in front of ``h' r``).
 
-Invertible when ``beta >= -alpha``: ``alpha = softplus(a)``, ``beta = -alpha + softplus(b)``.
+Invertible when ``beta >= -alpha``: ``alpha = softplus(a)``, ``beta = -alpha + softplus(b)``;
+the inverse has no closed form here (``has_inverse = False``: :meth:`inverse` raises
+:class:`~nfvi.flows.base.InverseNotAvailable`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ class Radial(FlowLayer):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"z0": (self.dim,), "a": (1,), "b": (1,)}
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        params = self.raw_params(context)
         z0, a, b = params["z0"], params["a"], params["b"]
         alpha = F.softplus(a)  # [B|1, 1]
         beta = F.softplus(b) - alpha

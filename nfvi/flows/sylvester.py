@@ -56,7 +56,8 @@ so that the first gradients with respect to ``R`` are not vanishingly small), ``
 ``q``, ``v`` standard normal (well conditioned for the orthogonalization; a reflection's
 direction is all that matters).
 
-There is no closed-form inverse (``has_inverse = False``).
+There is no closed-form inverse (``has_inverse = False``: :meth:`inverse` raises
+:class:`~nfvi.flows.base.InverseNotAvailable`).
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ class _Sylvester(FlowLayer):
     """The shared Sylvester layer; subclasses define ``Q`` (``M``, its raw parameters, and how
     to apply ``Q^T`` and ``Q``)."""
 
-    def __init__(self, dim: int, index: int = 0, context_dim: int | None = None) -> None:
-        super().__init__(dim, index, context_dim)
+    def __init__(self, dim: int, index: int = 0) -> None:
+        super().__init__(dim, index)
         self.M = dim
 
     # -- Q: subclasses --------------------------------------------------------------------
@@ -153,9 +154,8 @@ class _Sylvester(FlowLayer):
         d = torch.tanh(x) * torch.tanh(y)
         return d, _log_cosh(x + y) - _log_cosh(x) - _log_cosh(y)
 
-    def transform(
-        self, z: Tensor, params: Params, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
+        params = self.raw_params(context)
         R, R_tilde = self.triangular(params["r"], params["r_tilde_diag"])
         q = self.prepare_q(params)
         qz = self.q_t(z, q)  # [B, M]
@@ -188,27 +188,23 @@ class SylvesterOrthogonal(_Sylvester):
         self,
         dim: int,
         index: int = 0,
-        context_dim: int | None = None,
+        *,
         M: int = 32,
         iterations: int = 100,
         tolerance: float | None = None,
     ) -> None:
-        super().__init__(dim, index, context_dim)
+        super().__init__(dim, index)
         if int(M) < 1:
             raise ValueError(f"sylvester_orthogonal needs M >= 1, got M={M}")
         self.M = min(int(M), dim)
         self.iterations = int(iterations)
         self.tolerance = None if tolerance is None else float(tolerance)
-        self.last_steps = 0  # diagnostics: iterations used and the error at the last call
-        self.last_error = 0.0
 
     def q_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"q": (self.dim, self.M)}
 
     def prepare_q(self, params: Params) -> Tensor:
-        Q, self.last_steps, self.last_error = orthogonalize(
-            params["q"], self.iterations, self.tolerance
-        )
+        Q, _, _ = orthogonalize(params["q"], self.iterations, self.tolerance)
         return Q
 
     def q_t(self, z: Tensor, q: Tensor) -> Tensor:
@@ -230,10 +226,10 @@ class SylvesterHouseholder(_Sylvester):
         self,
         dim: int,
         index: int = 0,
-        context_dim: int | None = None,
+        *,
         num_householder: int = 8,
     ) -> None:
-        super().__init__(dim, index, context_dim)
+        super().__init__(dim, index)
         if int(num_householder) < 1:
             raise ValueError(f"sylvester_householder needs num_householder >= 1, got "
                              f"{num_householder}")
@@ -263,8 +259,8 @@ class SylvesterTriangular(_Sylvester):
     No raw parameters for ``Q``; ``Q^T z`` and ``Q y`` are free (a flip).
     """
 
-    def __init__(self, dim: int, index: int = 0, context_dim: int | None = None) -> None:
-        super().__init__(dim, index, context_dim)
+    def __init__(self, dim: int, index: int = 0) -> None:
+        super().__init__(dim, index)
         self.reverse = index % 2 == 1
 
     def q_t(self, z: Tensor, q: object) -> Tensor:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
+from nfvi.runtime import seeded_eval
 from nfvi.vae.model import FlowVAE
 
 
@@ -37,21 +36,6 @@ def _mean_stderr(v: Tensor) -> tuple[float, float]:
     mean = v.mean().item()
     stderr = (v.std(unbiased=True) / math.sqrt(n)).item() if n > 1 else float("nan")
     return mean, stderr
-
-
-@contextmanager
-def seeded_eval(model: torch.nn.Module, device: torch.device, seed: int) -> Iterator[None]:
-    """Eval mode, no_grad and a forked RNG seeded with ``seed``: repeatable, and the caller's
-    RNG and training mode are untouched."""
-    was_training = model.training
-    model.eval()
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

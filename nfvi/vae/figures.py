@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from nfvi.rundir import atomic_write_bytes
-from nfvi.vae.evaluate import seeded_eval
+from nfvi.runtime import seeded_eval
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> None:

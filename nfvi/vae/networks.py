@@ -23,7 +23,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu":
 
 def mlp(in_features: int, hidden: list[int], activation: str, pool: int) -> nn.Sequential:
     """Hidden layers only: ``[B, in] -> [B, hidden[-1]]`` (``in`` when ``hidden`` is empty)."""
-    activation = getattr(activation, "value", activation)
+    activation = str(activation)
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:

@@ -48,6 +48,22 @@ def assert_one_line_error(proc, *fragments: str) -> None:
         assert frag in lines[0], lines[0]
 
 
+def interrupted(*args: str, root: Path, lines: int, env: dict, sig=signal.SIGTERM):
+    """Start ``nfvi ARGS``; once a metrics.jsonl under ``root`` has ``lines`` lines, send
+    ``sig``; return the finished process and its output."""
+    proc = subprocess.Popen([sys.executable, "-m", "nfvi.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = list(root.rglob("metrics.jsonl"))
+        if metrics and len(metrics[0].read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc, out, err
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short training run shared by the tests that only read it."""
@@ -135,17 +151,8 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(env, tmp_path
     full = nfvi("train", *args, "experiment=full", env=env)
     assert full.returncode == 0, full.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "nfvi.cli", "train", *args, "experiment=cut"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = tmp_path / "outputs" / "cut"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        metrics = list(root.rglob("metrics.jsonl"))
-        if metrics and len(metrics[0].read_text().splitlines()) >= 6:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    proc, out, err = interrupted("train", *args, "experiment=cut", root=root, lines=6, env=env)
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     assert "resume with: nfvi train resume=" in err
     (cut,) = run_dirs(root)

@@ -7,7 +7,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from nfvi.energy import TARGETS, EnergyModel
-from nfvi.flows import FLOWS
+from nfvi.flows import FLOWS, InverseNotAvailable
 
 
 def _randomize(model: EnergyModel, seed: int = 0) -> None:
@@ -47,6 +47,32 @@ def test_exact_density_of_invertible_flows_matches_sampling(flow):
         torch.testing.assert_close(model.log_prob(s.z_K), s.log_q, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("flow", sorted(f for f, cls in FLOWS.items() if cls.has_inverse))
+def test_exact_density_is_one_inverse_pass(flow, monkeypatch):
+    """log_prob takes the log-determinant from the inverse: the flow never runs forward."""
+    torch.manual_seed(0)
+    model = EnergyModel(TARGETS["u2"], flow, K=3).double()
+    _randomize(model, seed=2)
+    with torch.no_grad():
+        s = model.sample(32)
+    calls = []
+    inverse = type(model.flow).inverse
+
+    def counted(self, z, context=None):
+        calls.append(z.shape)
+        return inverse(self, z, context)
+
+    def no_forward(self, z, context=None):
+        raise AssertionError("log_prob ran the flow forward")
+
+    monkeypatch.setattr(type(model.flow), "inverse", counted)
+    monkeypatch.setattr(type(model.flow), "forward", no_forward)
+    with torch.no_grad():
+        logq = model.log_prob(s.z_K)
+    assert calls == [s.z_K.shape]
+    torch.testing.assert_close(logq, s.log_q, atol=1e-8, rtol=1e-8)
+
+
 def test_base_is_a_diagonal_gaussian():
     model = EnergyModel(TARGETS["u1"], "planar", K=0).double()
     with torch.no_grad():
@@ -83,8 +109,9 @@ def test_dtype_follows_the_model():
     assert model.loss(8).loss.dtype == torch.float64
 
 
-def test_no_inverse_raises():
-    model = EnergyModel(TARGETS["u1"], "planar", K=2)
-    if not model.has_inverse:
-        with pytest.raises(NotImplementedError):
-            model.log_prob(torch.zeros(3, 2))
+@pytest.mark.parametrize("flow", sorted(f for f, cls in FLOWS.items() if not cls.has_inverse))
+def test_no_inverse_raises(flow):
+    model = EnergyModel(TARGETS["u1"], flow, K=2)
+    assert not model.has_inverse
+    with pytest.raises(InverseNotAvailable, match="no inverse"):
+        model.log_prob(torch.zeros(3, 2))

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nfvi.flows import FLOWS, FlowStack, make_flow
+from nfvi.flows import FLOWS, AmortizedParams, FlowStack, GlobalParams, make_flow
 from nfvi.flows.coupling import CouplingLayer
 from nfvi.flows.nice import NICE
 from nfvi.flows.realnvp import RealNVP
@@ -30,6 +30,16 @@ def randomized(name: str, dim: int, K: int, amortized: bool, scale: float, seed:
         for p in flow.parameters():
             p.normal_(0.0, scale)
     return flow
+
+
+def global_params(layer: CouplingLayer, scale: float, seed: int = 2) -> dict[str, torch.Tensor]:
+    """The layer's raw parameters as a global source gives them, redrawn from N(0, scale^2)."""
+    source = GlobalParams([layer]).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=F64) * scale)
+    return source(1, None)[0]
 
 
 def inputs(dim: int, amortized: bool, seed: int = 1, spread: float = 2.0):
@@ -61,7 +71,11 @@ def test_config_hyperparameters_build_the_flow(name, amortized):
     ctx = torch.randn(BATCH, CONTEXT) if amortized else None
     z_k, ld = flow(z, ctx)
     assert z_k.shape == (BATCH, 5) and ld.shape == (BATCH,)
-    assert flow.source is None  # every parameter lives in the layers' conditioners
+    # the conditioners' first-layer bias is the one outside parameter, from the stack's source
+    assert isinstance(flow.source, AmortizedParams if amortized else GlobalParams)
+    for layer in flow.layers:
+        assert layer.param_shapes() == {"bias": (int(cfg.hparams.hidden[0]),)}
+        assert layer.conditioner.first.bias is None
 
 
 @pytest.mark.parametrize("name", COUPLING)
@@ -110,12 +124,17 @@ CASES = [
 def test_forward_then_inverse_is_the_identity(name, hparams, amortized, dim):
     flow = randomized(name, dim, 4, amortized, 0.5, hidden=[16, 16], **hparams)
     z, ctx = inputs(dim, amortized)
-    z_k, _ = flow(z, ctx)
+    z_k, ld = flow(z, ctx)
     assert (z_k - z).abs().max() > 1e-3  # a non-trivial map
-    torch.testing.assert_close(flow.inverse(z_k, ctx), z, rtol=1e-10, atol=1e-10)
+    z_back, ld_inv = flow.inverse(z_k, ctx)
+    torch.testing.assert_close(z_back, z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-10, atol=1e-10)
     # and the other way round
     y = torch.randn(BATCH, dim, dtype=F64) * 2
-    torch.testing.assert_close(flow(flow.inverse(y, ctx), ctx)[0], y, rtol=1e-10, atol=1e-10)
+    y_prev, ld_inv = flow.inverse(y, ctx)
+    y_again, ld = flow(y_prev, ctx)
+    torch.testing.assert_close(y_again, y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize(("name", "hparams"), CASES)
@@ -138,7 +157,9 @@ def test_inverse_holds_for_large_raw_parameters(name):
     z, ctx = inputs(4, True)
     z_k, ld = flow(z, ctx)
     assert torch.isfinite(z_k).all() and torch.isfinite(ld).all()
-    torch.testing.assert_close(flow.inverse(z_k, ctx), z, rtol=1e-7, atol=1e-7)
+    z_back, ld_inv = flow.inverse(z_k, ctx)
+    torch.testing.assert_close(z_back, z, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-7, atol=1e-7)
 
 
 def test_inverse_in_float32():
@@ -149,7 +170,11 @@ def test_inverse_in_float32():
             for p in flow.parameters():
                 p.normal_(0.0, 0.3)
         z, ctx = torch.randn(BATCH, 6), torch.randn(BATCH, CONTEXT)
-        torch.testing.assert_close(flow.inverse(flow(z, ctx)[0], ctx), z, rtol=1e-4, atol=1e-4)
+        z_k, ld = flow(z, ctx)
+        z_back, ld_inv = flow.inverse(z_k, ctx)
+        assert z_back.dtype == ld_inv.dtype == torch.float32
+        torch.testing.assert_close(z_back, z, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ld_inv, -ld, rtol=1e-4, atol=1e-4)
 
 
 # -- masks and context ---------------------------------------------------------------------------
@@ -165,7 +190,7 @@ def test_halves_alternate_with_the_layer_index(dim):
                 for p in layer.parameters():
                     p.normal_(0.0, 0.5)
             z = torch.randn(BATCH, dim, dtype=F64)
-            y, _ = layer(z, {})
+            y, _ = layer(z, global_params(layer, 0.5))
             kept, moved = (slice(0, half), slice(half, dim))
             if index % 2:
                 kept, moved = moved, kept
@@ -180,8 +205,33 @@ def test_the_amortized_conditioner_uses_the_context(name):
     ctx = torch.randn(2, CONTEXT, dtype=F64)
     z_k, _ = flow(z, ctx)
     assert not torch.allclose(z_k[0], z_k[1])
-    with pytest.raises(ValueError, match="context"):
-        flow.layers[0](z, {}, None)
+    with pytest.raises(ValueError, match="raw parameters"):
+        flow.layers[0](z, None)
+    # the context reaches the conditioner as its first hidden layer's bias, per example
+    bias = flow.layer_params(2, ctx)[0]["bias"]
+    assert bias.shape == (2, 256) and not torch.allclose(bias[0], bias[1])
+
+
+@pytest.mark.parametrize("name", COUPLING)
+@pytest.mark.parametrize("amortized", [False, True])
+def test_a_conditioner_without_hidden_layers_takes_the_bias_at_its_output(name, amortized):
+    fresh = make_flow(name, 5, 2, amortized=amortized, context_dim=CONTEXT, hidden=[]).double()
+    layer = fresh.layers[0]
+    assert layer.param_shapes() == {"bias": (layer.n_upd * layer.params_per_dim,)}
+    z, ctx = inputs(5, amortized)
+    if not amortized:  # a zero output bias: the identity at start
+        z_k, ld = fresh(z)
+        mixed = z @ fresh.layers[1].mixing_matrix(z).T if name == "nice" else z
+        torch.testing.assert_close(z_k, mixed)
+        torch.testing.assert_close(ld, torch.zeros(BATCH, dtype=F64))
+    flow = randomized(name, 5, 3, amortized, 0.5, hidden=[])
+    z_k, ld = flow(z, ctx)
+    z_back, ld_inv = flow.inverse(z_k, ctx)
+    torch.testing.assert_close(z_back, z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-10, atol=1e-10)
+    c = None if ctx is None else ctx[:1]
+    jac = torch.autograd.functional.jacobian(lambda v: flow(v[None], c)[0][0], z[0])
+    torch.testing.assert_close(ld[0], torch.linalg.slogdet(jac).logabsdet, rtol=1e-9, atol=1e-9)
 
 
 # -- NICE ----------------------------------------------------------------------------------------
@@ -233,7 +283,8 @@ def test_realnvp_hand_computed_layer():
     with torch.no_grad():  # theta = bias / sqrt(4): r = (0.4, -0.6), t = (1, -2)
         out.bias.copy_(torch.tensor([0.4, 1.0, -0.6, -2.0], dtype=F64) * 2.0)
     z = torch.tensor([[0.3, 1.5, -2.0]], dtype=F64)
-    y, ld = layer(z, {})
+    assert layer.param_shapes() == {"bias": (4,)}
+    y, ld = layer(z, {"bias": torch.randn(1, 4, dtype=F64)})  # any bias: W_out = 0
     s = 2.0 * torch.tanh(torch.tensor([0.4, -0.6], dtype=F64) / 2.0)
     expected = torch.tensor([1.5, -2.0], dtype=F64) * torch.exp(s) + torch.tensor([1.0, -2.0])
     torch.testing.assert_close(y, torch.cat([z[:, :1], expected[None]], dim=1))
@@ -349,6 +400,6 @@ def test_spline_raw_bound_limits_the_slopes():
         for p in layer.parameters():
             p.normal_(0.0, 100.0)  # saturates every raw parameter at +-1
     z = torch.stack([torch.zeros(2001, dtype=F64), torch.linspace(-3, 3, 2001, dtype=F64)], 1)
-    _, ld = layer(z, {})
+    _, ld = layer(z, global_params(layer, 100.0))
     assert torch.isfinite(ld).all()
     assert ld.min() > -7.5 and ld.max() < 4.5  # the documented range of log-slopes

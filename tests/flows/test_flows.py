@@ -82,6 +82,10 @@ def test_device_and_dtype_follow_the_input(name, amortized, dtype, device):
     z_k, log_abs_det = flow(z, context)
     assert z_k.dtype == dtype and log_abs_det.dtype == dtype
     assert z_k.device.type == device and log_abs_det.device.type == device
+    if flow.has_inverse:
+        z_0, ld_inv = flow.inverse(z_k, context)
+        assert z_0.dtype == dtype and ld_inv.dtype == dtype
+        assert z_0.device.type == device and ld_inv.device.type == device
 
 
 def test_planar_constraint_holds_for_any_raw_parameters():

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nfvi.flows import FLOWS, make_flow
+from nfvi.flows import FLOWS, InverseNotAvailable, make_flow
 from nfvi.flows.householder import Householder, reflect
 from nfvi.flows.iaf import IAF
 from nfvi.flows.sylvester import (
@@ -50,15 +50,14 @@ def inputs(amortized, dim=DIM, batch=BATCH, seed=1):
     return z, ctx
 
 
-def layer_jacobian(layer, z, params, ctx):
-    """``d layer(z)/dz`` ``[B, D, D]`` for one layer with fixed per-example params."""
+def layer_jacobian(layer, z, params):
+    """``d layer(z)/dz`` ``[B, D, D]`` for one layer with fixed per-example raw params."""
     out = []
     for b in range(z.shape[0]):
         p = {n: t[b : b + 1] if t.shape[0] > 1 else t for n, t in params.items()}
-        c = None if ctx is None else ctx[b : b + 1]
 
-        def f(zb, p=p, c=c):
-            return layer(zb.unsqueeze(0), p, c)[0].squeeze(0)
+        def f(zb, p=p):
+            return layer(zb.unsqueeze(0), p)[0].squeeze(0)
 
         out.append(torch.autograd.functional.jacobian(f, z[b]))
     return torch.stack(out)
@@ -94,7 +93,7 @@ def test_householder_is_orthogonal_and_volume_preserving(amortized):
     torch.testing.assert_close(z_k.norm(dim=-1), z.norm(dim=-1), rtol=1e-13, atol=0)
     assert torch.equal(ld, torch.zeros_like(ld))
     params = flow.layer_params(BATCH, ctx)
-    jac = layer_jacobian(flow.layers[0], z, params[0], None)
+    jac = layer_jacobian(flow.layers[0], z, params[0])
     eye = torch.eye(DIM, dtype=torch.float64).expand_as(jac)
     torch.testing.assert_close(jac.transpose(-1, -2) @ jac, eye, rtol=0, atol=1e-13)
     torch.testing.assert_close(jac, jac.transpose(-1, -2), rtol=0, atol=1e-13)  # symmetric
@@ -128,14 +127,12 @@ def test_householder_parameters_get_real_gradients(amortized):
 @pytest.mark.parametrize("amortized", [False, True])
 @pytest.mark.parametrize("index", [0, 1])
 def test_iaf_jacobian_is_triangular_in_the_layer_order(amortized, index):
-    torch.manual_seed(0)
-    layer = IAF(DIM, index=index, context_dim=CONTEXT if amortized else None, hidden=[16, 16])
-    layer = layer.double()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(0.0, 0.5)
+    flow = stack("iaf", amortized, scale=0.5, k=2, hidden=[16, 16])
+    layer = flow.layers[index]
     z, ctx = inputs(amortized)
-    jac = layer_jacobian(layer, z, {}, ctx)  # jac[b, i, j] = d z'_i / d z_j
+    params = flow.layer_params(BATCH, ctx)[index]
+    assert params["bias"].shape == ((BATCH if amortized else 1), 16)
+    jac = layer_jacobian(layer, z, params)  # jac[b, i, j] = d z'_i / d z_j
     order = list(range(DIM)) if index % 2 == 0 else list(reversed(range(DIM)))
     assert layer.order == order
     pos = {v: p for p, v in enumerate(order)}
@@ -145,9 +142,9 @@ def test_iaf_jacobian_is_triangular_in_the_layer_order(amortized, index):
                 assert (jac[:, i, j] == 0).all(), (i, j)
             elif pos[j] < pos[i]:
                 assert (jac[:, i, j] != 0).any(), (i, j)  # and it does
-    _, sigma, log_sigma = layer.gate(z, ctx)
+    _, sigma, log_sigma = layer.gate(z, params["bias"])
     torch.testing.assert_close(torch.diagonal(jac, dim1=-2, dim2=-1), sigma)
-    _, ld = layer(z, {}, ctx)
+    _, ld = layer(z, params)
     torch.testing.assert_close(ld, log_sigma.sum(-1))
     torch.testing.assert_close(ld, torch.linalg.slogdet(jac).logabsdet)
 
@@ -159,9 +156,15 @@ def test_iaf_uses_the_context_and_rejects_a_missing_one():
     z_k, _ = flow(z, ctx)
     assert not torch.allclose(z_k[0], z_k[1])
     layer = flow.layers[0]
-    with pytest.raises(ValueError, match="context"):
-        layer(z, {}, None)
-    assert not any(layer.param_shapes() for layer in flow.layers)  # no outside parameters
+    with pytest.raises(ValueError, match="raw parameters"):
+        layer(z, None)
+    with pytest.raises(ValueError, match="raw parameters"):
+        layer.inverse(z, None)
+    # the one outside parameter: the MADE's first-layer bias, which has no bias of its own
+    assert all(la.param_shapes() == {"bias": (320,)} for la in flow.layers)
+    assert layer.made.hidden[0].bias is None
+    bias = flow.layer_params(2, ctx)[0]["bias"]
+    assert bias.shape == (2, 320) and not torch.allclose(bias[0], bias[1])
 
 
 def test_iaf_starts_with_the_forget_gate():
@@ -180,7 +183,7 @@ def test_iaf_bounds_hold_for_extreme_weights():
         for p in layer.parameters():
             p.normal_(0.0, 20.0)
     z = torch.randn(500, DIM, dtype=torch.float64) * 10
-    m, sigma, log_sigma = layer.gate(z, None)
+    m, sigma, log_sigma = layer.gate(z, torch.randn(500, 64, dtype=torch.float64) * 20)
     assert (m.abs() <= 10.0).all()
     lo, hi = torch.sigmoid(torch.tensor(-2.0)), torch.sigmoid(torch.tensor(6.0))
     assert (sigma >= lo - 1e-12).all() and (sigma <= hi + 1e-12).all()
@@ -197,7 +200,28 @@ def test_iaf_small_dimensions(dim):
     z, _ = inputs(False, dim=dim)
     z_k, ld = flow(z)
     assert z_k.shape == z.shape and torch.isfinite(ld).all()
-    torch.testing.assert_close(flow.inverse(z_k), z, rtol=1e-10, atol=1e-10)
+    z_back, ld_inv = flow.inverse(z_k)
+    torch.testing.assert_close(z_back, z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("amortized", [False, True])
+def test_iaf_without_hidden_layers_takes_the_bias_at_its_output(amortized):
+    fresh = make_flow("iaf", DIM, 2, amortized=amortized, context_dim=CONTEXT, hidden=[])
+    assert fresh.layers[0].param_shapes() == {"bias": (2 * DIM,)}
+    z, ctx = inputs(amortized)
+    if not amortized:  # m = s = 0 at start
+        s = torch.sigmoid(torch.tensor(2.0))
+        torch.testing.assert_close(fresh(z.float())[0], s * s * z.float())
+    flow = stack("iaf", amortized, scale=0.5, hidden=[])
+    z_k, ld = flow(z, ctx)
+    z_back, ld_inv = flow.inverse(z_k, ctx)
+    torch.testing.assert_close(z_back, z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-10, atol=1e-10)
+    params = flow.layer_params(BATCH, ctx)[1]
+    jac = layer_jacobian(flow.layers[1], z, params)
+    _, ld1 = flow.layers[1](z, params)
+    torch.testing.assert_close(ld1, torch.linalg.slogdet(jac).logabsdet, rtol=1e-9, atol=1e-9)
 
 
 # -- inverses -----------------------------------------------------------------------------
@@ -210,18 +234,26 @@ def test_forward_then_inverse_is_the_identity(name, amortized, scale):
     flow = stack(name, amortized, scale=scale)
     assert flow.has_inverse
     z, ctx = inputs(amortized)
-    z_k, _ = flow(z, ctx)
+    z_k, ld = flow(z, ctx)
     assert not torch.allclose(z_k, z)
-    torch.testing.assert_close(flow.inverse(z_k, ctx), z, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(flow(flow.inverse(z, ctx), ctx)[0], z, rtol=1e-10, atol=1e-10)
+    z_back, ld_inv = flow.inverse(z_k, ctx)
+    torch.testing.assert_close(z_back, z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-10, atol=1e-10)
+    z_prev, ld_inv = flow.inverse(z, ctx)
+    z_again, ld = flow(z_prev, ctx)
+    torch.testing.assert_close(z_again, z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld_inv, -ld, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", SYLVESTER)
 def test_sylvester_has_no_inverse(name):
     flow = stack(name, False)
     assert not flow.has_inverse
-    with pytest.raises(NotImplementedError, match="no inverse"):
+    with pytest.raises(InverseNotAvailable, match="no inverse"):
         flow.inverse(torch.zeros(2, DIM, dtype=torch.float64))
+    layer, z = flow.layers[0], torch.zeros(2, DIM, dtype=torch.float64)
+    with pytest.raises(InverseNotAvailable, match="no inverse"):
+        layer.inverse(z, flow.layer_params(2, None)[0])
 
 
 # -- Sylvester ----------------------------------------------------------------------------
@@ -336,7 +368,7 @@ def test_sylvester_log_det_at_paper_size(name):
     }
     z = torch.randn(3, d, generator=gen, dtype=torch.float64)
     _, ld = layer(z, params)
-    jac = layer_jacobian(layer, z, params, None)
+    jac = layer_jacobian(layer, z, params)
     torch.testing.assert_close(ld, torch.linalg.slogdet(jac).logabsdet, rtol=1e-10, atol=1e-10)
 
 
@@ -348,7 +380,8 @@ def test_sylvester_bottleneck_and_parameter_counts():
     assert SylvesterHouseholder(d, num_householder=8).num_params() == d * d + 2 * d + 8 * d
     assert SylvesterTriangular(d).num_params() == d * d + 2 * d
     assert Householder(d).num_params() == d
-    assert IAF(d).num_params() == 0
+    assert IAF(d).num_params() == 320  # the MADE's first-layer bias
+    assert IAF(d, hidden=[]).num_params() == 2 * d
     with pytest.raises(ValueError, match="M >= 1"):
         SylvesterOrthogonal(d, M=0)
     with pytest.raises(ValueError, match="num_householder"):

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from nfvi.vae.model import FlowVAE
-from nfvi.vae.model import log_normal_diag, log_normal_std
+from nfvi.vae.model import FlowVAE, log_normal_diag, log_normal_std
 
 
 def small_model(flow: str = "planar", K: int = 2, amortized: bool = True) -> FlowVAE:
