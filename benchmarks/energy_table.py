@@ -1,12 +1,13 @@
 """The README's KL table: planar and radial flows, K = 2, 8, 32, on U1-U4 (24 runs).
 
-Each run is ``nfvi train task=energy trainer=energy target=<u> flow=<f> K=<K>`` with the
-default seed, called through :func:`nfvi.energy.run.run_energy` directly; the run directories
-go under ``--out`` (default ``/tmp/nfvi_energy_table``). A run whose ``summary.json`` already
-exists is not repeated, so an interrupted table can be finished by running the script again.
+Each run is ``nfvi train task=energy target=<u> flow=<f> K=<K>`` with the default seed and
+trainer (``trainer=energy``), run through the Python API (:func:`nfvi.run`); the run
+directories go under ``--out`` (default ``/tmp/nfvi_energy_table``). A run whose
+``summary.json`` already exists is not repeated, so an interrupted table can be finished by
+running the script again.
 Prints the table of KL(q || p) in nats (± one standard error) as Markdown, and the ESS table.
 
-    PYTHONPATH=. python benchmarks/energy_table.py --jobs 2
+    python benchmarks/energy_table.py --jobs 2 [--figure docs/energy_planar_radial_K32.png]
 """
 
 from __future__ import annotations
@@ -24,12 +25,7 @@ KS = [2, 8, 32]
 
 
 def _run_one(target: str, flow: str, K: int, out: str, extra: list[str]) -> dict:
-    import torch
-    from hydra import compose, initialize_config_dir
-    from rich.console import Console
-
-    from nfvi.config import config_dir, register_configs
-    from nfvi.energy.run import run_energy
+    import nfvi
 
     run_dir = Path(out) / f"{target}_{flow}_K{K}"
     done = run_dir / "summary.json"
@@ -37,11 +33,9 @@ def _run_one(target: str, flow: str, K: int, out: str, extra: list[str]) -> dict
         return json.loads(done.read_text())
     if run_dir.exists():  # an interrupted run: start it again from scratch
         shutil.rmtree(run_dir)
-    register_configs()
-    overrides = ["task=energy", "trainer=energy", f"target={target}", f"flow={flow}", f"K={K}"]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = compose("config", overrides=overrides + extra)
-    return run_energy(cfg, run_dir, torch.device("cpu"), Console(quiet=True))
+    overrides = ["task=energy", f"target={target}", f"flow={flow}", f"K={K}",
+                 "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    return nfvi.run("train", overrides + extra).summary
 
 
 def _figure(out: str, path: str, K: int) -> None:
@@ -125,7 +119,7 @@ def main() -> None:
     print(_table(results, "kl", lambda r: f"{r['kl']:.3f} ± {r['kl_stderr']:.3f}"))
     print("\nEffective sample size of p/q (%):\n")
     print(_table(results, "ess", lambda r: f"{r['ess_percent']:.1f}"))
-    print("\nWall seconds per run (training + evaluation + figures):\n")
+    print("\nTraining seconds per run:\n")
     print(_table(results, "wall", lambda r: f"{r['wall_seconds']:.0f}"))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     flat = [dict(v) for v in results.values()]

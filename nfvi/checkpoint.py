@@ -30,13 +30,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             f"checkpoint {path} does not exist; pass checkpoint=<run dir>/checkpoints/best.pt "
             "(or a run directory)"
         )
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head[:4] != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(
+            f"{path} is not a checkpoint file (not a PyTorch archive); pass a run directory or "
+            "a file from <run dir>/checkpoints/ (last.pt or best.pt)"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # torch raises many types for a damaged or unsafe file
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not an nfvi checkpoint ({first[:120]}); "
-            "use another checkpoint of the run (last.pt or best.pt) or retrain"
+            f"checkpoint {path} is damaged or holds objects nfvi never saves (truncated, "
+            "corrupt, or not written by nfvi); use the run's other checkpoint (last.pt or "
+            "best.pt) or retrain"
         ) from e
     if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
         raise CheckpointError(

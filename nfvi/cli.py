@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 import nfvi
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Variational inference with normalizing flows: train, evaluate, sweep.",
@@ -18,6 +19,18 @@ app = typer.Typer(
 
 # every token after the command goes to Hydra unchanged, --help included
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+class HydraCommand(typer.core.TyperCommand):
+    """A command whose arguments are Hydra overrides: the shell completes them from the configs
+    (:mod:`nfvi.completion`)."""
+
+    def shell_complete(self, ctx, incomplete: str):
+        from typer._click.shell_completion import CompletionItem
+
+        from nfvi.completion import candidates
+
+        return [CompletionItem(c) for c in candidates(list(ctx.args), incomplete)]
 
 
 def _version(value: bool) -> None:
@@ -35,7 +48,7 @@ def _main(
     """Variational inference with normalizing flows: train, evaluate, sweep."""
 
 
-@app.command(context_settings=HYDRA_ARGS, add_help_option=False)
+@app.command(cls=HydraCommand, context_settings=HYDRA_ARGS, add_help_option=False)
 def train(ctx: typer.Context) -> None:
     """Train: `nfvi train flow=planar K=10`, `nfvi train -m K=0,2,4`; `--help` lists groups."""
     from nfvi.launch import run
@@ -43,7 +56,7 @@ def train(ctx: typer.Context) -> None:
     run("train", ctx.args)
 
 
-@app.command("eval", context_settings=HYDRA_ARGS, add_help_option=False)
+@app.command("eval", cls=HydraCommand, context_settings=HYDRA_ARGS, add_help_option=False)
 def eval_(ctx: typer.Context) -> None:
     """Evaluate a checkpoint: `nfvi eval checkpoint=RUN_DIR eval.iw_samples=5000`."""
     from nfvi.launch import run

@@ -223,7 +223,7 @@ def config_dir() -> Path:
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")  # no leading dot: not "." or ".."
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")  # no leading dot: not "." or ".."
 
 
 def validate(cfg: Any) -> None:
@@ -239,7 +239,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"unknown device {cfg.device!r}; use device=auto, cpu, cuda, cuda:N or mps"
         )
-    if not _NAME.match(str(cfg.experiment)):
+    if not SAFE_NAME.match(str(cfg.experiment)):
         raise ConfigError(
             f"experiment name {cfg.experiment!r} has characters unsafe in a path; "
             "use letters, digits, '_', '-', '.'"
@@ -256,6 +256,14 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be positive or null")
     if t.beta_steps <= 0:
         raise ConfigError(f"trainer.beta_steps={t.beta_steps} must be positive")
+    if not 0.0 <= t.beta_start <= 1.0:
+        raise ConfigError(f"trainer.beta_start={t.beta_start} must be in [0, 1]")
+    if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
+        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be a positive norm, or null "
+                          "for no clipping")
+    if t.patience is not None and t.patience < 1:
+        raise ConfigError(f"trainer.patience={t.patience} must be at least 1 validation, or "
+                          "null for no early stopping")
     if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be a positive finite number")
     e = cfg.eval

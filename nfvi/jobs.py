@@ -12,9 +12,12 @@ import functools
 import importlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -30,7 +33,9 @@ log = logging.getLogger("nfvi")
 #: :class:`nfvi.training.Task`, and for ``nfvi eval`` optionally ``evaluate_checkpoint``
 TASKS = {"vae": "nfvi.vae.run", "energy": "nfvi.energy.run"}
 #: config keys a resumed or evaluated run may not change: they define the saved model
-FROZEN = ("K", "task", "flow", "model", "dataset.name", "target")
+FROZEN = ("K", "task", "flow", "model", "dataset.name", "target", "optim.name")
+#: config groups: ``group=option`` on a saved run would replace a whole node of its config
+GROUPS = ("dataset", "flow", "model", "optim", "trainer", "eval", "target", "logger", "task")
 #: (run directory, summary) of every job this process ran: what the Python API returns
 RESULTS: list[tuple[Path, dict]] = []
 
@@ -104,6 +109,12 @@ def apply_overrides(saved: dict, overrides: list[str], keep: dict) -> Config:
         key, _, value = ov.lstrip("+~").partition("=")
         if key in ("resume", "checkpoint"):
             continue
+        if key in GROUPS and key not in FROZEN:
+            raise ConfigError(
+                f"{ov} would replace the saved run's whole {key} config, which a resumed or "
+                f"evaluated run keeps; set single keys instead (e.g. {key}.<key>=...; "
+                f"nfvi train --cfg job lists them)"
+            )
         if any(key == f or key.startswith(f + ".") for f in FROZEN):
             raise ConfigError(
                 f"{ov} would change the model of a saved run; only settings such as eval.*, "
@@ -150,37 +161,78 @@ def _train_config(cfg: DictConfig, run_dir: Path) -> Config:
     return apply_overrides(saved, list(_hydra().overrides.task), keep={"resume": str(path)})
 
 
-@_job
-def train(dcfg: DictConfig) -> tuple[Path, dict]:
-    """``nfvi train``: a fresh run, or ``resume=PATH`` continuing a run in its own directory."""
+@dataclass
+class _Start:
+    """What a fresh or resumed run has once it is set up (before its first update)."""
+
+    cfg: Config
+    device: Any
+    task: Any
+    loop: Any
+
+
+def _start(dcfg: DictConfig, run_dir: Path, console: Console) -> _Start:
+    """Set a run up; if that fails, remove what this command left (nothing else)."""
     from nfvi.loggers import make_logger
+    from nfvi.optim import set_hyperparameters
     from nfvi.runtime import seed_everything
     from nfvi.training import Loop
 
-    run_dir, console = hydra_run_dir(), _console()
-    cfg = _train_config(dcfg, run_dir)
-    device = prepare(cfg)
-    rundir.claim(run_dir, resuming=bool(cfg.resume))
-    seed_everything(cfg.seed)
-    task = task_module(cfg.task).build(cfg, device, console)
-    rundir.write_config(run_dir, to_yaml(cfg))  # after build: it records the data source used
-    logger = make_logger(cfg.logger.name, run_dir)
-    loop = Loop(task, cfg.trainer, run_dir, console, to_plain(cfg), logger)
+    claimed = False
     try:
+        cfg = _train_config(dcfg, run_dir)
+        device = prepare(cfg)
+        rundir.claim(run_dir, resuming=bool(cfg.resume))
+        claimed = not cfg.resume
+        if cfg.resume and rundir.clean_temporaries(run_dir):
+            console.print("removed the temporary files of an interrupted checkpoint write")
+        seed_everything(cfg.seed)
+        task = task_module(cfg.task).build(cfg, device, console)
+        loop = Loop(task, cfg.trainer, run_dir, console, to_plain(cfg),
+                    make_logger(cfg.logger.name, run_dir))
         if cfg.resume:
             loop.resume(Path(cfg.resume))
-        import torch
+            set_hyperparameters(task.optimizer, cfg.optim)  # this command's optim.* win
+            applied = [o for o in _hydra().overrides.task if not o.startswith("resume=")]
+            if applied:
+                console.print(f"on top of the saved config: {' '.join(applied)}")
+                log.info("resumed with overrides %s", applied)
+        rundir.write_config(run_dir, to_yaml(cfg))  # after build: it records the data used
+        return _Start(cfg, device, task, loop)
+    except BaseException:
+        _undo_start(dcfg, run_dir, claimed)
+        raise
 
-        console.print(f"[bold]nfvi[/] {task.describe()}, device {device}, "
-                      f"{torch.get_num_threads()} CPU threads\nrun directory: {run_dir}")
-        log.info("device %s, torch threads %d", device, torch.get_num_threads())
+
+def _undo_start(dcfg: DictConfig, run_dir: Path, claimed: bool) -> None:
+    if dcfg.resume:  # the run is someone's: only this command's Hydra record goes
+        shutil.rmtree(run_dir / _hydra().output_subdir, ignore_errors=True)
+    elif claimed or not (run_dir / rundir.RUN_MARKER).exists():
+        rundir.remove_unstarted(run_dir, stop_at=Path(str(dcfg.output_root)))
+
+
+@_job
+def train(dcfg: DictConfig) -> tuple[Path, dict]:
+    """``nfvi train``: a fresh run, or ``resume=PATH`` continuing a run in its own directory."""
+    import torch
+
+    from nfvi.training import signals_interrupt
+
+    run_dir, console = hydra_run_dir(), _console()
+    s = _start(dcfg, run_dir, console)
+    loop = s.loop
+    console.print(f"[bold]nfvi[/] {s.task.describe()}, device {s.device}, "
+                  f"{torch.get_num_threads()} CPU threads\nrun directory: {run_dir}")
+    log.info("device %s, torch threads %d", s.device, torch.get_num_threads())
+    try:
         loop.run()
-        done = task.finish(loop)
+        with signals_interrupt(run_dir, "the evaluation"):
+            done = s.task.finish(loop)
         for name, path in done.figures.items():
-            logger.image(name, path, loop.state.step)
+            loop.logger.image(name, path, loop.state.step)
     finally:
-        logger.close()
-    summary = rundir.summary_record(run_info(cfg, device), done.results)
+        loop.logger.close()
+    summary = rundir.summary_record(run_info(s.cfg, s.device), done.results)
     rundir.write_summary(run_dir, summary)
     print_summary(summary, "summary")
     return run_dir, summary
@@ -188,8 +240,20 @@ def train(dcfg: DictConfig) -> tuple[Path, dict]:
 
 @_job
 def evaluate(dcfg: DictConfig) -> tuple[Path, dict]:
-    """``nfvi eval checkpoint=PATH``: evaluate a saved model into ``<run>/eval/<timestamp>/``."""
+    """``nfvi eval checkpoint=PATH``: evaluate a saved model into ``<run>/eval/<timestamp>/``;
+    a failed evaluation leaves nothing behind."""
+    out_dir = hydra_run_dir()
+    try:
+        return out_dir, _evaluate(dcfg, out_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        rundir.remove_empty_dirs(out_dir.parent, stop_at=out_dir.parent.parent)
+        raise
+
+
+def _evaluate(dcfg: DictConfig, out_dir: Path) -> dict:
     from nfvi.checkpoint import load_checkpoint
+    from nfvi.training import signals_interrupt
 
     if not dcfg.checkpoint:
         raise ConfigError("nfvi eval needs checkpoint=PATH (a run directory or a .pt file)")
@@ -204,13 +268,13 @@ def evaluate(dcfg: DictConfig) -> tuple[Path, dict]:
     cfg = apply_overrides(ckpt["config"], list(_hydra().overrides.task),
                           keep={"checkpoint": str(path)})
     device = prepare(cfg)
-    out_dir = hydra_run_dir()
     rundir.claim(out_dir)
-    done = module.evaluate_checkpoint(cfg, ckpt, path, out_dir, device, _console())
+    with signals_interrupt(out_dir, "the evaluation", resumable=False):
+        done = module.evaluate_checkpoint(cfg, ckpt, path, out_dir, device, _console())
     result = rundir.summary_record(run_info(cfg, device), done.results)
     rundir.write_summary(out_dir, result, rundir.EVAL_RESULT)
     print_summary(result, f"eval of {path}")
-    return out_dir, result
+    return result
 
 
 def print_summary(summary: dict, title: str) -> None:

@@ -18,6 +18,13 @@ from pathlib import Path
 from nfvi import rundir
 from nfvi.errors import fail, guard
 
+EVAL_HELP = ("nfvi eval: evaluate a saved VAE run on its test (or validation) split.\n"
+             "Usage: nfvi eval checkpoint=RUN_DIR|RUN_DIR/checkpoints/best.pt [key=value]...\n"
+             "  e.g. nfvi eval checkpoint=outputs/default/planar_K10/<stamp> "
+             "eval.iw_samples=5000 eval.split=val\n"
+             "The model keys (K, flow, model, dataset.name) come from the checkpoint; eval.*, "
+             "device and dataset.data_dir may be set. Results: RUN_DIR/eval/<stamp>/eval.json")
+
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -43,10 +50,28 @@ def _single(args: list[str], what: str) -> None:
         fail(f"{what} cannot be combined with -m; run one at a time (or loop in the shell)")
 
 
+def _check_paths(args: list[str]) -> None:
+    """Before Hydra creates anything: names that become path parts stay inside output_root,
+    and an explicit ``hydra.run.dir`` holding a run is refused untouched."""
+    from nfvi.config import SAFE_NAME
+
+    for key in ("experiment", "flow.name"):
+        value = _find(args, key)
+        if value is not None and not SAFE_NAME.match(value.strip("'\"")):
+            fail(f"{key}={value} would put the run directory outside output_root; use letters, "
+                 "digits, '_', '-', '.' (not starting with '.')")
+    run_dir = _find(args, "hydra.run.dir")
+    if run_dir is not None and (Path(run_dir.strip("'\"")) / rundir.RUN_MARKER).exists():
+        fail(f"run directory {run_dir} already holds a run; nfvi never overwrites one: "
+             "leave hydra.run.dir alone, pick a new one, or resume=<run dir>")
+
+
 def train_args(args: list[str]) -> list[str]:
     """``resume=PATH`` continues in that run's own directory: point Hydra's run dir at it."""
     resume = _find(args, "resume")
     if resume is None:
+        if not _informational(args):
+            _check_paths(args)
         return args
     _single(args, "resume=")
     p = Path(resume).expanduser().resolve()
@@ -64,7 +89,7 @@ def train_args(args: list[str]) -> list[str]:
 def eval_args(args: list[str]) -> list[str]:
     """``checkpoint=PATH``: write into ``<run>/eval/<timestamp>/`` beside the checkpoint."""
     if _informational(args):
-        return args
+        return [*args, f"hydra.help.header={_quote(EVAL_HELP)}"]
     ckpt_arg = _find(args, "checkpoint")
     if ckpt_arg is None:
         fail("nfvi eval needs checkpoint=PATH (a run directory or its checkpoints/best.pt)")

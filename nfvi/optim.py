@@ -32,3 +32,18 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg) -> torch.op
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; use optim= one of {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](params, optim_cfg)
+
+
+#: the optimizer settings of each param group that ``optim.*`` sets, by optimizer name
+_HYPER = {"adam": ("lr", "betas", "eps", "weight_decay"),
+          "adamax": ("lr", "betas", "eps", "weight_decay"),
+          "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay")}
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, optim_cfg) -> None:
+    """Set ``optim_cfg``'s values on every param group (a resumed run: loading the optimizer's
+    state brings the saved values back, and the command's ``optim.*`` must win)."""
+    for key in _HYPER[str(optim_cfg.name)]:
+        value = getattr(optim_cfg, key)
+        for group in optimizer.param_groups:
+            group[key] = tuple(value) if key == "betas" else value

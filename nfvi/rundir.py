@@ -18,15 +18,17 @@ No torch and no Hydra here: ``nfvi report`` imports this module and must start f
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from nfvi.errors import CheckpointError, ConfigError
+from nfvi.errors import CheckpointError, ConfigError, NfviError
 
 RUN_MARKER = ".nfvi-run"
 CONFIG = "config.yaml"
@@ -38,6 +40,10 @@ LAST = "last.pt"
 BEST = "best.pt"
 #: version of the summary.json / eval.json layout that :func:`summary_record` writes
 SUMMARY_SCHEMA = 1
+
+
+class DiskFull(NfviError):
+    """A write ran out of space; the file it was replacing is intact."""
 
 
 # -- atomic files ---------------------------------------------------------------------------
@@ -53,9 +59,27 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if disk_full(e):
+            raise DiskFull(
+                f"no space left on the device holding {path.parent} while writing {path.name}; "
+                f"the previous {path.name} is intact: free space there (or set output_root "
+                "elsewhere) and resume"
+            ) from e
         raise
+
+
+def disk_full(e: BaseException) -> bool:
+    """An error of a write that ran out of space (torch reports it as 'unexpected pos')."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "unexpected pos" in str(seen) or "No space left" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _umask() -> int:
@@ -107,6 +131,40 @@ def claim(run_dir: Path, resuming: bool = False) -> None:
 def release(run_dir: Path) -> None:
     """Give up a claim (a job that must start over in the same directory)."""
     (run_dir / RUN_MARKER).unlink(missing_ok=True)
+
+
+# -- cleaning up ----------------------------------------------------------------------------
+def clean_temporaries(run_dir: Path) -> int:
+    """Remove the temporaries of atomic writes that a kill interrupted; returns how many."""
+    n = 0
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def remove_unstarted(run_dir: Path, stop_at: Path | None = None) -> None:
+    """Remove what a run that failed before its first update left in ``run_dir`` (Hydra's
+    record, the log, the marker, config.yaml, an empty logger folder), then ``run_dir`` and its
+    parents up to ``stop_at`` where they are empty. Nothing else is touched."""
+    for name in (".hydra", "tensorboard"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in ("nfvi.log", RUN_MARKER, CONFIG, METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+    remove_empty_dirs(run_dir, stop_at)
+
+
+def remove_empty_dirs(path: Path, stop_at: Path | None = None) -> None:
+    """``rmdir`` ``path`` and then its parents while they are empty, never ``stop_at`` or above."""
+    stop = stop_at.resolve() if stop_at is not None else None
+    path = path.resolve()
+    while path != stop and (stop is None or stop in path.parents):
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or gone): stop here
+            return
+        path = path.parent
 
 
 # -- checkpoints ----------------------------------------------------------------------------
@@ -170,8 +228,14 @@ class MetricsLog:
         self.path = run_dir / METRICS
 
     def write(self, record: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if disk_full(e):
+                raise DiskFull(f"no space left on the device holding {self.path}; the run's "
+                               "checkpoints are intact: free space there and resume") from e
+            raise
 
     def truncate_after(self, step: int) -> int:
         """Drop records past ``step`` (logged after the checkpoint a resumed run starts from)

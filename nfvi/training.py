@@ -19,6 +19,8 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,12 +110,12 @@ class LoopState:
 class Interrupted(NfviError):
     """Ctrl-C / SIGTERM / SIGUSR: ``last.pt`` is saved; exit status 128 + signal number."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path) -> None:
+    def __init__(self, signum: int, step: int = 0, run_dir: Path | None = None,
+                 message: str | None = None) -> None:
         name = signal.Signals(signum).name
-        super().__init__(
+        super().__init__(message or (
             f"interrupted ({name}) at step {step}; saved {checkpoint_path(run_dir)}; "
-            f"resume with: nfvi train resume={run_dir}"
-        )
+            f"resume with: nfvi train resume={run_dir}"))
         self.exit_code = 128 + signum
 
 
@@ -158,6 +160,29 @@ class SignalFlag:
 
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def signals_interrupt(run_dir: Path, what: str, resumable: bool = True) -> Iterator[None]:
+    """Ctrl-C / SIGTERM during ``what`` (an evaluation: no step boundary to wait for) stop it
+    at once with :class:`Interrupted` (exit 128 + signal number) and say what to do."""
+    def handle(signum, frame):
+        name = signal.Signals(signum).name
+        then = (f"the run's checkpoints are complete: nfvi train resume={run_dir} runs it again"
+                if resumable else "nothing was written")
+        raise Interrupted(signum, message=f"interrupted ({name}) during {what}; {then}")
+
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[s] = signal.signal(s, handle)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
             signal.signal(s, h)
 
 
@@ -269,8 +294,8 @@ class Loop:
         self.clock = time.perf_counter() - self.state.elapsed
         dropped = self.metrics.truncate_after(self.state.step)
         if dropped:
-            log.info("metrics.jsonl: dropped %d line(s) logged after step %d", dropped,
-                     self.state.step)
+            self.console.print(f"metrics.jsonl: dropped {dropped} line(s) logged after step "
+                               f"{self.state.step} or torn by a kill")
         self.console.print(f"resuming {self.run_dir} from step {self.state.step}")
 
     # -- one step -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """nfvi.rundir: atomic files, the run marker, checkpoint lookup, metrics.jsonl and summary.json."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,66 @@ def test_read_summary_binary_garbage(tmp_path):
 def test_write_config(tmp_path):
     rundir.write_config(tmp_path, "K: 3\n")
     assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == "K: 3\n"
+
+
+# -- a full disk and file modes (issue: faults and hostile input) ------------------------------
+def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from nfvi.rundir import DiskFull
+
+    target = tmp_path / "summary.json"
+    rundir.atomic_write_text(target, "old")
+
+    def no_space(fd):  # the kernel's answer when the device is full (simulated)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(DiskFull, match="no space left on the device holding") as info:
+        rundir.atomic_write_text(target, "new")
+    assert "\n" not in str(info.value) and "intact" in str(info.value)
+    assert target.read_text() == "old"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_torch_disk_full_message_is_recognised():
+    assert rundir.disk_full(RuntimeError("[enforce fail at inline_container.cc:672] unexpected "
+                                         "pos 128 vs 64"))
+    assert not rundir.disk_full(RuntimeError("something else"))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        rundir.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        rundir.MetricsLog(tmp_path).write({"step": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == mode
+
+
+def test_stale_temporaries_are_cleaned(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".last.pt.abc123.tmp").write_bytes(b"x" * 100)
+    (tmp_path / ".summary.json.zz.tmp").write_text("{")
+    (tmp_path / "keep.tmp").write_text("not ours")
+    assert rundir.clean_temporaries(tmp_path) == 2
+    assert [p.name for p in tmp_path.rglob("*.tmp")] == ["keep.tmp"]
+
+
+def test_remove_unstarted_touches_only_what_a_run_wrote(tmp_path):
+    root = tmp_path / "outputs"
+    run = root / "exp" / "planar_K-1" / "stamp"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("K: -1")
+    (run / "nfvi.log").write_text("")
+    rundir.remove_unstarted(run, stop_at=root)
+    assert root.is_dir() and not any(root.iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    (mine / "nfvi.log").write_text("")
+    rundir.remove_unstarted(mine, stop_at=tmp_path)
+    assert (mine / "notes.txt").read_text() == "the user's" and not (mine / "nfvi.log").exists()

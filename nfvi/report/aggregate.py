@@ -253,7 +253,21 @@ def build_report(runs: list[Run], by: list[str] | None = None) -> Report:
                 g.stats[metric] = stat(metric_values(members, metric))
             report.groups.append(g)
             report.notes.extend(_group_notes(g))
+        report.notes.extend(_same_model_notes(report.groups_of(task)))
     return report
+
+
+def _same_model_notes(groups: list[Group]) -> list[str]:
+    """Groups at K = 0 that differ only in flow.* are one model (there are no flow layers)."""
+    by_rest: dict[tuple, list[Group]] = {}
+    for g in groups:
+        ks = {r.config.get("K") for r in g.runs}
+        if ks == {0}:
+            rest = tuple((k, v) for k, v in g.keys if not k.startswith("flow."))
+            by_rest.setdefault(rest, []).append(g)
+    return [f"{same[0].task} groups {' and '.join(g.label for g in same)} are the same model: "
+            "with K=0 there are no flow layers, so the flow settings do not change it (train "
+            "K=0 once)" for same in by_rest.values() if len(same) > 1]
 
 
 def _group_notes(g: Group) -> list[str]:

@@ -76,3 +76,24 @@ def test_tensorboard_in_both_tasks(env, tmp_path, task):
     assert acc.Scalars("train/loss")
     images = {"vae": {"samples", "reconstructions"}, "energy": {"density", "samples"}}[task]
     assert images <= set(acc.Tags()["images"])
+
+
+def test_resume_applies_optimizer_overrides_for_real(env, tmp_path):
+    first = nfvi("train", *TINY, "trainer.max_steps=20", env=env)
+    assert first.returncode == 0, first.stderr
+    (run,) = run_dirs(tmp_path / "outputs")
+    resumed = nfvi("train", f"resume={run}", "trainer.max_steps=40", "optim.lr=0.0005", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "optim.lr=0.0005" in resumed.stdout  # said, and recorded
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text()
+                                           .splitlines())}
+    assert lrs[20] == 0.001 and lrs[25] == 0.0005 and lrs[40] == 0.0005
+    assert "lr: 0.0005" in (run / "config.yaml").read_text()
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["lr"] == 0.0005
+
+
+def test_eval_help_explains_eval(env):
+    proc = nfvi("eval", "--help", env=env)
+    assert proc.returncode == 0 and "checkpoint=" in proc.stdout
+    assert "nfvi eval" in proc.stdout.splitlines()[0]
