@@ -257,3 +257,12 @@ def test_cfg_job_and_version(env):
     assert "K: 7" in proc.stdout and "name: radial" in proc.stdout
     version = nfvi("--version", env=env)
     assert version.returncode == 0 and version.stdout.startswith("nfvi ")
+
+
+def test_results_follow_the_umask(trained):
+    run, _, _ = trained
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("config.yaml", "summary.json", "metrics.jsonl", "samples.png",
+                 "reconstructions.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

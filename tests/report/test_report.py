@@ -375,3 +375,17 @@ def test_bad_input_is_one_line(synthetic, tmp_path, paths, by, fmt, fragment):
         report([str(tmp_path / p) for p in paths], by, fmt, str(tmp_path / "out"))
     msg = str(err.value)
     assert fragment in msg and "\n" not in msg and "; " in msg
+
+
+def test_k0_groups_under_two_flow_names_are_called_the_same_model(tmp_path):
+    for flow in ("planar", "radial"):
+        for K in (0, 4):
+            cfg = config(K=K, flow__name=flow)
+            write_run(tmp_path / f"{flow}_{K}", cfg, vae_summary(cfg, 100.0 - K, 110.0 - K),
+                      val_curve(120.0))
+    rep = build_report(find_runs([str(tmp_path)]))
+    same = [n for n in rep.notes if "same model" in n]
+    assert len(same) == 1, rep.notes
+    assert "K=0" in same[0] and "planar" in same[0] and "radial" in same[0]
+    # K=4 under two flows is two models: no note about those
+    assert "K=4" not in same[0].split("are the same model")[0]
