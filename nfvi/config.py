@@ -43,6 +43,11 @@ class BetaSchedule(StrEnum):
     none = "none"  # beta_t = 1
 
 
+class Anneal(StrEnum):
+    joint = "joint"  # R&M 2015 eq. 20: ln q - beta ln p(x, z)
+    kl = "kl"  # KL warm-up (Berg et al. 2018): -ln p(x|z) + beta (ln q - ln p(z))
+
+
 class OnNonFinite(StrEnum):
     stop = "stop"  # stop the run, keeping the last finite checkpoints
     skip = "skip"  # skip the update (up to 20 in a row)
@@ -119,6 +124,7 @@ class TrainerConfig:
     log_interval: int = 50
     patience: int | None = 10
     beta_schedule: BetaSchedule = BetaSchedule.paper
+    anneal: Anneal = Anneal.joint
     beta_start: float = 0.01
     beta_steps: int = 500
     grad_clip: float | None = None

@@ -197,6 +197,11 @@ def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
     )
 
 
+def per_example_file(split: str) -> str:
+    """``<split>_per_example.json``: the per-point -ELBO and NLL of a run's evaluation."""
+    return f"{split}_per_example.json"
+
+
 def run_dir_of(checkpoint: Path) -> Path:
     """The run directory a checkpoint file belongs to."""
     parent = checkpoint.parent

@@ -7,11 +7,20 @@ Invertibility needs ``w^T u_hat >= -1``; the raw ``u`` is mapped to
 ``u_hat = u + [m(w^T u) - w^T u] w / ||w||^2`` with ``m(x) = -1 + softplus(x)``,
 so ``w^T u_hat = m(w^T u) > -1`` for every raw parameter.
 
+``centered=True`` (an option of this implementation) uses ``m(x) = -1 + softplus(x + ln(e - 1))``
+instead, the same constraint shifted so that ``m(0) = 0``: zero raw parameters are then the
+identity, and the correction ``[m(s) - s] w / ||w||^2`` (``s = w^T u``) stays bounded,
+``~ -(w_hat^T u) w_hat / e``, as ``||w|| -> 0``, where the paper's ``m`` gives a correction of
+norm ``0.31 / ||w||`` that grows without bound. With per-example (amortized) parameters some
+examples' ``w(x)`` come close to zero, and that term then throws ``z`` far away.
+
 There is no closed-form inverse (``has_inverse = False``: :meth:`inverse` raises
 :class:`~nfvi.flows.base.InverseNotAvailable`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +31,23 @@ from nfvi.flows.base import FlowLayer, Params, register_flow
 
 @register_flow("planar")
 class Planar(FlowLayer):
-    """Raw parameters per example: ``u [D]``, ``w [D]``, ``b [1]``."""
+    """Raw parameters per example: ``u [D]``, ``w [D]``, ``b [1]``.
+
+    Hyperparameter: ``centered`` (``m(0) = 0``, see the module docstring).
+    """
+
+    def __init__(self, dim: int, index: int = 0, *, centered: bool = False) -> None:
+        super().__init__(dim, index)
+        self.shift = math.log(math.e - 1.0) if centered else 0.0
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"u": (self.dim,), "w": (self.dim,), "b": (1,)}
 
-    @staticmethod
-    def constrained_u(u: Tensor, w: Tensor) -> Tensor:
-        """``u_hat`` with ``w^T u_hat = -1 + softplus(w^T u) > -1``; shapes ``[B, D]``."""
+    def constrained_u(self, u: Tensor, w: Tensor) -> Tensor:
+        """``u_hat`` with ``w^T u_hat = m(w^T u) > -1``; shapes ``[B, D]``."""
         wu = (w * u).sum(-1, keepdim=True)
         w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        return u + (F.softplus(wu) - 1.0 - wu) * w / w_sq
+        return u + (F.softplus(wu + self.shift) - 1.0 - wu) * w / w_sq
 
     def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
         params = self.raw_params(context)

@@ -44,6 +44,9 @@ METRICS = {
     "vae": (
         ("test_nll", "test NLL"),
         ("test_neg_elbo", "test -ELBO"),
+        ("test_gap", "gap -ELBO - NLL"),
+        ("paired_d_nll", "NLL - NLL(K=0), paired ± se"),
+        ("paired_d_gap", "gap - gap(K=0), paired ± se"),
         ("val_neg_elbo", "val -ELBO"),
         ("wall_seconds", "wall s"),
     ),
@@ -254,7 +257,67 @@ def build_report(runs: list[Run], by: list[str] | None = None) -> Report:
             report.groups.append(g)
             report.notes.extend(_group_notes(g))
         report.notes.extend(_same_model_notes(report.groups_of(task)))
+    report.notes.extend(_paired_to_k0(report.groups_of("vae")))
     return report
+
+
+#: metrics computed from the runs' per-point values, not read from their summaries
+PAIRED = ("paired_d_nll", "paired_d_gap")
+
+
+def _paired_to_k0(groups: list[Group]) -> list[str]:
+    """Fill ``paired_d_nll`` and ``paired_d_gap`` of every K > 0 group that has a K = 0 group
+    with the same other keys (flow.* aside): per test point, the difference to the K = 0 run of
+    the same seed (same test bits), averaged over the seeds both have; mean over points and its
+    standard error (``std / sqrt(points)``). Returns notes on what could not be paired."""
+    notes = []
+    base = {_rest(g): g for g in groups if {r.config.get("K") for r in g.runs} == {0}}
+    for g in groups:
+        ref = base.get(_rest(g))
+        if ref is None or ref is g:
+            continue
+        d_nll, d_gap, seeds = _paired_differences(g, ref)
+        if d_nll is None:
+            notes.append(f"vae {g.label}: no per-point results of the same seeds at K=0 to "
+                         "pair with (runs of an older nfvi, or other seeds)")
+            continue
+        g.stats["paired_d_nll"] = _mean_se(d_nll, seeds)
+        g.stats["paired_d_gap"] = _mean_se(d_gap, seeds)
+    return notes
+
+
+def _rest(g: Group) -> tuple:
+    return tuple((k, v) for k, v in g.keys if k != "K" and not k.startswith("flow."))
+
+
+def _paired_differences(g: Group, ref: Group) -> tuple[list[float] | None,
+                                                      list[float] | None, int]:
+    """Per point, seed-averaged ``nll - nll_ref`` and ``gap - gap_ref``; the seeds paired."""
+    ref_by_seed = {r.config.get("seed"): r for r in ref.runs}
+    sums_nll: list[float] | None = None
+    sums_gap: list[float] | None = None
+    n = 0
+    for run in g.runs:
+        other = ref_by_seed.get(run.config.get("seed"))
+        a, b = run.per_example(), other.per_example() if other else None
+        if not a or not b or len(a["nll"]) != len(b["nll"]):
+            continue
+        nll = [x - y for x, y in zip(a["nll"], b["nll"], strict=True)]
+        gap = [(e1 - n1) - (e0 - n0) for e1, n1, e0, n0 in
+               zip(a["neg_elbo"], a["nll"], b["neg_elbo"], b["nll"], strict=True)]
+        sums_nll = nll if sums_nll is None else [s + v for s, v in zip(sums_nll, nll, strict=True)]
+        sums_gap = gap if sums_gap is None else [s + v for s, v in zip(sums_gap, gap, strict=True)]
+        n += 1
+    if not n:
+        return None, None, 0
+    return [v / n for v in sums_nll], [v / n for v in sums_gap], n
+
+
+def _mean_se(values: list[float], seeds: int) -> Stat:
+    """Mean and standard error (in ``std``) of per-point differences; ``n`` = seeds paired."""
+    m = sum(values) / len(values)
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else math.nan
+    return Stat(m, math.sqrt(var / len(values)), seeds, ())
 
 
 def _same_model_notes(groups: list[Group]) -> list[str]:

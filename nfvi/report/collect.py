@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from nfvi.errors import ConfigError
-from nfvi.rundir import CONFIG, METRICS, RUN_MARKER, SUMMARY, is_run_dir, read_metrics, read_summary
+from nfvi.rundir import (
+    CONFIG,
+    METRICS,
+    RUN_MARKER,
+    SUMMARY,
+    is_run_dir,
+    per_example_file,
+    read_metrics,
+    read_summary,
+)
 
 #: summary keys copied into the flat config (over config.yaml: the run's own record of what it
 #: was; and the only source when the config file is missing)
@@ -44,6 +53,11 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     #: "finished", "unfinished (last step N)" or "failed: ..."
     status: str = "finished"
+
+    def per_example(self, split: str = "test") -> dict[str, list[float]] | None:
+        """The per-point values of the run's evaluation (``<split>_per_example.json``)."""
+        data, _ = read_summary(self.path / per_example_file(split))
+        return data
 
     @property
     def finished(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -26,9 +26,8 @@ class EvalResult:
     examples: int
     iw_samples: int
     seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    #: per test point, in the order of the split: "neg_elbo" and "nll" (for paired comparisons)
+    per_example: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _mean_stderr(v: Tensor) -> tuple[float, float]:
@@ -83,6 +82,7 @@ def evaluate(
         examples=x.shape[0],
         iw_samples=iw_samples,
         seconds=time.perf_counter() - start,
+        per_example={"neg_elbo": neg_elbo.double().tolist(), "nll": nll.double().tolist()},
     )
 
 

@@ -151,13 +151,22 @@ class FlowVAE(nn.Module):
         logits = self.decode(zk)
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
-    def elbo(self, x: Tensor, beta: float = 1.0) -> ElboTerms:
-        """One-sample free energy of a batch ``x [B, P]`` (see the module docstring)."""
+    def elbo(self, x: Tensor, beta: float = 1.0, anneal: str = "joint") -> ElboTerms:
+        """One-sample free energy of a batch ``x [B, P]`` (see the module docstring).
+
+        ``anneal`` says what ``beta`` multiplies: ``joint``, R&M's eq. 20,
+        ``ln q_K - beta ln p(x, z_K)``; ``kl``, the KL warm-up of Berg et al. 2018 (and
+        Sonderby et al. 2016), ``-ln p(x|z_K) + beta (ln q_K - ln p(z_K))``. Both are the
+        negative ELBO at beta = 1.
+        """
         s = self.sample_posterior(self.encode(x))
         log_px_z = self.log_likelihood(x, s.zk)
         log_pz = log_normal_std(s.zk)
         log_qk = s.log_qk
-        loss = (log_qk - beta * (log_px_z + log_pz)).mean()
+        if anneal == "kl":
+            loss = (beta * (log_qk - log_pz) - log_px_z).mean()
+        else:
+            loss = (log_qk - beta * (log_px_z + log_pz)).mean()
         kl = log_qk - log_pz
         return ElboTerms(loss=loss, neg_elbo=kl - log_px_z, recon=-log_px_z, kl=kl)
 

@@ -20,7 +20,7 @@ from nfvi.checkpoint import load_checkpoint
 from nfvi.config import Config
 from nfvi.data import LoadedData, binarize, fixed_binarization, load_dataset
 from nfvi.optim import build_optimizer
-from nfvi.rundir import BEST, checkpoint_path
+from nfvi.rundir import BEST, atomic_write_json, checkpoint_path, per_example_file
 from nfvi.training import Loop, StepOutput, TaskResult, Validation
 from nfvi.vae.evaluate import EvalResult, evaluate, validation_neg_elbo
 from nfvi.vae.figures import draw_reconstructions, draw_samples
@@ -93,6 +93,7 @@ class VAETask:
         self.data = load_data(cfg, console)
         cfg.dataset.resolved_source = self.data.source
         self.mode, self.threshold = str(cfg.dataset.binarize), cfg.dataset.threshold
+        self.anneal = str(cfg.trainer.anneal)
         self.train_x = self.data.train.to(device)
         self.val_x = eval_inputs(cfg, self.data, "val", device)
         self.model = FlowVAE.from_config(cfg, self.train_x.shape[1]).to(device)
@@ -111,7 +112,7 @@ class VAETask:
         idx = self.batches.take().to(self.device)
         x = binarize(self.train_x[idx], self.mode, generator=self.bin_gen,
                      threshold=self.threshold)
-        t = self.model.elbo(x, beta=beta)
+        t = self.model.elbo(x, beta=beta, anneal=self.anneal)
         return StepOutput(t.loss, {"loss": t.loss, "neg_elbo": t.neg_elbo.mean(),
                                    "recon": t.recon.mean(), "kl": t.kl.mean()})
 
@@ -152,6 +153,9 @@ def test_and_draw(cfg: Config, model: FlowVAE, data: LoadedData, split: str, out
                "reconstructions": out_dir / "reconstructions.png"}
     draw_samples(model, data.image_shape, figures["samples"], seed=cfg.seed)
     draw_reconstructions(model, x, data.image_shape, figures["reconstructions"], seed=cfg.seed)
+    # per test point: runs of two models on the same bits can be compared pair by pair
+    atomic_write_json(out_dir / per_example_file(split),
+                      {"split": split, "iw_samples": res.iw_samples, **res.per_example})
     return TaskResult({**before, **split_results(split, res)}, figures)
 
 
@@ -159,6 +163,7 @@ def split_results(split: str, res: EvalResult) -> dict:
     return {f"{split}_neg_elbo": res.neg_elbo, f"{split}_neg_elbo_stderr": res.neg_elbo_stderr,
             f"{split}_nll": res.nll, f"{split}_nll_stderr": res.nll_stderr,
             f"{split}_recon": res.recon, f"{split}_kl": res.kl,
+            f"{split}_gap": res.neg_elbo - res.nll,
             f"{split}_examples": res.examples, "iw_samples": res.iw_samples,
             "eval_seconds": res.seconds}
 

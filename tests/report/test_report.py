@@ -202,6 +202,7 @@ def vae_summary(cfg: dict, nll: float, elbo: float) -> dict:
         "steps": 1500, "epochs": 37, "best_step": 1500, "stopped_early": False,
         "wall_seconds": 12.5, "val_neg_elbo": elbo + 1.0, "test_neg_elbo": elbo,
         "test_neg_elbo_stderr": 0.5, "test_nll": nll, "test_nll_stderr": 0.4,
+        "test_gap": elbo - nll,
         "test_recon": 80.0, "test_kl": 20.0, "test_examples": 500, "iw_samples": 200,
         "eval_seconds": 1.0, "device": "cpu",
         "versions": {"nfvi": "0.1.0", "torch": "2.4.0", "python": "3.11.7"},
@@ -389,3 +390,30 @@ def test_k0_groups_under_two_flow_names_are_called_the_same_model(tmp_path):
     assert "K=0" in same[0] and "planar" in same[0] and "radial" in same[0]
     # K=4 under two flows is two models: no note about those
     assert "K=4" not in same[0].split("are the same model")[0]
+
+
+def test_paired_differences_to_k0_match_a_hand_computation(tmp_path):
+    import math
+
+    gen = {0: [100.0, 90.0, 80.0], 1: [101.0, 91.0, 79.0]}  # K=0 NLL per point, by seed
+    shift = {0: [-1.0, -2.0, -0.5], 1: [-1.5, -1.0, -0.5]}  # K=8 minus K=0, by seed
+    for seed in (0, 1):
+        for K in (0, 8):
+            cfg = config(K=K, seed=seed)
+            nll = [v + (shift[seed][i] if K else 0.0) for i, v in enumerate(gen[seed])]
+            elbo = [v + (4.0 if K else 5.0) for v in nll]  # the gap shrinks by 1 nat
+            d = write_run(tmp_path / f"s{seed}_K{K}", cfg,
+                          vae_summary(cfg, sum(nll) / 3, sum(elbo) / 3), val_curve(120.0))
+            (d / "test_per_example.json").write_text(json.dumps(
+                {"split": "test", "iw_samples": 200, "nll": nll, "neg_elbo": elbo}))
+    rep = build_report(find_runs([str(tmp_path)]))
+    (k8,) = [g for g in rep.groups if g.value("K") == 8]
+    per_point = [(shift[0][i] + shift[1][i]) / 2 for i in range(3)]
+    mean = sum(per_point) / 3
+    se = math.sqrt(sum((v - mean) ** 2 for v in per_point) / 2 / 3)
+    s = k8.stats["paired_d_nll"]
+    assert s.mean == pytest.approx(mean) and s.std == pytest.approx(se) and s.n == 2
+    assert k8.stats["paired_d_gap"].mean == pytest.approx(-1.0)
+    (k0,) = [g for g in rep.groups if g.value("K") == 0]
+    assert k0.stats["paired_d_nll"].n == 0  # the baseline itself is not paired
+    assert k8.stats["test_gap"].mean == pytest.approx(4.0)

@@ -130,3 +130,19 @@ def test_every_model_parameter_gets_a_gradient(flow, amortized):
     model.elbo(x, beta=0.5).loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_kl_annealing_anneals_only_the_kl_term():
+    torch.manual_seed(0)
+    model = FlowVAE(20, 3, [8], "tanh", 1, "planar", 2, True)
+    x = torch.bernoulli(torch.full((16, 20), 0.4))
+    torch.manual_seed(1)
+    joint = model.elbo(x, beta=0.3)
+    torch.manual_seed(1)
+    kl = model.elbo(x, beta=0.3, anneal="kl")
+    assert torch.equal(joint.neg_elbo, kl.neg_elbo)  # the same sample, the same bound
+    torch.testing.assert_close(kl.loss, (kl.recon + 0.3 * kl.kl).mean())
+    assert not torch.equal(joint.loss, kl.loss)  # R&M's eq. 20 tempers ln p(z) as well
+    torch.manual_seed(1)
+    at_one = model.elbo(x, beta=1.0, anneal="kl")
+    torch.testing.assert_close(at_one.loss, at_one.neg_elbo.mean())
