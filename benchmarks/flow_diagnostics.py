@@ -5,7 +5,9 @@ For ``--examples`` validation images (the run's fixed bits) it encodes, samples 
 pushes it through the K layers, and prints per run: the median and maximum over examples of
 ``||z_K - z_0||``, of the summed log-determinant, of the largest single-layer step
 ``max_k ||z_k - z_(k-1)||``; for planar flows also the smallest ``||w_k(x)||`` and the largest
-``||u_hat_k(x)||`` (the ``1 / ||w||^2`` term of the invertibility constraint); and the norm of
+``||u_hat_k(x)||`` (the ``1 / ||w||^2`` term of the invertibility constraint) and the smallest
+``w_k^T u_hat_k`` (``-1`` is the edge of invertibility: the log-determinant's singularity); and
+the norm of
 the encoder features ``h(x)`` that the amortized head reads.
 
     python benchmarks/flow_diagnostics.py RUN_DIR [RUN_DIR ...] [--checkpoint last.pt]
@@ -43,14 +45,16 @@ def stats(run: Path, checkpoint: str, n: int) -> dict:
         z = post.mu + torch.exp(0.5 * post.log_var) * torch.randn_like(post.mu)
         z0, total, steps = z, z.new_zeros(len(z)), [z.new_zeros(len(z))]
         w_min, u_max = z.new_full((len(z),), float("inf")), z.new_zeros(len(z))
+        wu_min = z.new_full((len(z),), float("inf"))
         flow = model.flow
         params = flow.layer_params(len(z), post.features) if len(flow.layers) else []
         for layer, p in zip(flow.layers, params, strict=True):
             if isinstance(layer, Planar):
                 w = p["w"].expand_as(z)
                 w_min = torch.minimum(w_min, w.norm(dim=-1))
-                u_max = torch.maximum(u_max, layer.constrained_u(p["u"].expand_as(z), w)
-                                      .norm(dim=-1))
+                u_hat = layer.constrained_u(p["u"].expand_as(z), w)
+                u_max = torch.maximum(u_max, u_hat.norm(dim=-1))
+                wu_min = torch.minimum(wu_min, (w * u_hat).sum(-1))
             z_next, ld = layer(z, p)
             steps.append((z_next - z).norm(dim=-1))
             total, z = total + ld, z_next
@@ -59,7 +63,7 @@ def stats(run: Path, checkpoint: str, n: int) -> dict:
            "|z_K - z_0|": (z - z0).norm(dim=-1), "sum log-det": total, "max layer step": step,
            "|h(x)|": post.features.norm(dim=-1)}
     if torch.isfinite(w_min).any():
-        out |= {"min |w|": w_min, "max |u_hat|": u_max}
+        out |= {"min |w|": w_min, "max |u_hat|": u_max, "min w.u_hat": wu_min}
     return out
 
 

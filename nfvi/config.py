@@ -90,6 +90,8 @@ class DatasetConfig:
 class FlowConfig:
     name: str = "planar"
     amortized: bool = True
+    # amortized: the parameter head reads LayerNorm(h(x)) instead of h(x)
+    context_norm: bool = False
     # extra keyword arguments for the layer class (flow-specific hyperparameters)
     hparams: dict[str, Any] = field(default_factory=dict)
 

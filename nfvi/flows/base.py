@@ -163,8 +163,12 @@ class AmortizedParams(ParamSource):
     close to the identity.
     """
 
-    def __init__(self, layers: list[FlowLayer], context_dim: int) -> None:
+    def __init__(self, layers: list[FlowLayer], context_dim: int,
+                 normalize: bool = False) -> None:
         super().__init__(layers)
+        # normalize: the head reads LayerNorm(h) (no learned scale), so the flow's parameters
+        # stay bounded for every x however large the encoder's features grow
+        self.norm = nn.LayerNorm(context_dim, elementwise_affine=False) if normalize else None
         self.sizes = [math.prod(s) for shapes in self.shapes for s in shapes.values()]
         self.head = nn.Linear(context_dim, max(sum(self.sizes), 1))
         nn.init.normal_(self.head.weight, std=0.01)
@@ -182,7 +186,7 @@ class AmortizedParams(ParamSource):
     def forward(self, batch_size: int, context: Tensor | None) -> list[Params]:
         if context is None:
             raise ValueError("an amortized flow needs context of shape [B, context_dim]")
-        flat = self.head(context)
+        flat = self.head(context if self.norm is None else self.norm(context))
         chunks = iter(flat.split(self.sizes, dim=-1)) if self.sizes else iter(())
         out: list[Params] = []
         for shapes in self.shapes:
@@ -272,13 +276,15 @@ def make_flow(
     K: int,
     amortized: bool = False,
     context_dim: int | None = None,
+    context_norm: bool = False,
     **hparams: object,
 ) -> FlowStack:
     """Build a stack of ``K`` layers of flow ``name`` acting on ``dim`` dimensions.
 
     ``amortized=True`` needs ``context_dim``: the stack then takes ``context [B, context_dim]``
     and an :class:`AmortizedParams` head produces every layer's raw parameters from it;
-    otherwise they are :class:`GlobalParams`. Extra keyword arguments go to the layer class.
+    otherwise they are :class:`GlobalParams`. ``context_norm``: the head reads the layer-normed
+    context (see :class:`AmortizedParams`). Extra keyword arguments go to the layer class.
     """
     if name not in FLOWS:
         known = ", ".join(sorted(FLOWS))
@@ -293,5 +299,5 @@ def make_flow(
     if K == 0:
         return FlowStack(layers, None, ctx_dim)
     if amortized:
-        return FlowStack(layers, AmortizedParams(layers, context_dim), ctx_dim)
+        return FlowStack(layers, AmortizedParams(layers, context_dim, context_norm), ctx_dim)
     return FlowStack(layers, GlobalParams(layers), ctx_dim)

@@ -33,12 +33,24 @@ from nfvi.flows.base import FlowLayer, Params, register_flow
 class Planar(FlowLayer):
     """Raw parameters per example: ``u [D]``, ``w [D]``, ``b [1]``.
 
-    Hyperparameter: ``centered`` (``m(0) = 0``, see the module docstring).
+    Hyperparameters: ``centered`` (``m(0) = 0``, see the module docstring), ``w_init_std``,
+    ``det_floor`` ``d``: ``m`` scaled by ``1 - d``, so ``w^T u_hat > -1 + d`` and every layer's
+    ``det = 1 + h'(a) w^T u_hat > d`` (no log-determinant singularity to fall into).
     """
 
-    def __init__(self, dim: int, index: int = 0, *, centered: bool = False) -> None:
+    def __init__(self, dim: int, index: int = 0, *, centered: bool = False,
+                 w_init_std: float = 0.01, det_floor: float = 0.0) -> None:
         super().__init__(dim, index)
+        if not 0.0 <= float(det_floor) < 1.0:
+            raise ValueError(f"planar det_floor must be in [0, 1), got {det_floor}")
         self.shift = math.log(math.e - 1.0) if centered else 0.0
+        self.w_init_std = float(w_init_std)
+        self.floor = float(det_floor)
+
+    def init_global(self, name: str, param: Tensor) -> None:
+        """``N(0, 0.01^2)``; ``w`` with ``w_init_std`` (a unit-scale ``w``, ``1/sqrt(D)``, gives
+        the centered layer a slope to learn from at the identity)."""
+        torch.nn.init.normal_(param, std=self.w_init_std if name == "w" else 0.01)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"u": (self.dim,), "w": (self.dim,), "b": (1,)}
@@ -47,7 +59,8 @@ class Planar(FlowLayer):
         """``u_hat`` with ``w^T u_hat = m(w^T u) > -1``; shapes ``[B, D]``."""
         wu = (w * u).sum(-1, keepdim=True)
         w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        return u + (F.softplus(wu + self.shift) - 1.0 - wu) * w / w_sq
+        m = (1.0 - self.floor) * (F.softplus(wu + self.shift) - 1.0)
+        return u + (m - wu) * w / w_sq
 
     def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
         params = self.raw_params(context)

@@ -161,7 +161,12 @@ def stat(values: Iterable[float]) -> Stat:
 def metric_values(runs: Iterable[Run], key: str) -> list[float]:
     out = []
     for r in runs:
-        v = (r.summary or {}).get(key)
+        s = r.summary or {}
+        v = s.get(key)
+        if v is None and key.endswith("_gap"):  # summaries of older runs: derive it
+            split = key[: -len("_gap")]
+            elbo, nll = s.get(f"{split}_neg_elbo"), s.get(f"{split}_nll")
+            v = elbo - nll if isinstance(elbo, float) and isinstance(nll, float) else None
         if isinstance(v, int | float) and not isinstance(v, bool):
             out.append(float(v))
     return out

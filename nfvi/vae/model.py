@@ -99,6 +99,7 @@ class FlowVAE(nn.Module):
         amortized: bool,
         flow_hparams: dict | None = None,
         min_log_var: float = -12.0,
+        context_norm: bool = False,
     ) -> None:
         super().__init__()
         self.data_dim, self.latent_dim = data_dim, latent_dim
@@ -108,7 +109,8 @@ class FlowVAE(nn.Module):
         self.q_mu = nn.Linear(feat, latent_dim)
         self.q_log_var = nn.Linear(feat, latent_dim)
         self.flow = make_flow(
-            flow, latent_dim, K, amortized=amortized, context_dim=feat, **(flow_hparams or {})
+            flow, latent_dim, K, amortized=amortized, context_dim=feat,
+            context_norm=context_norm, **(flow_hparams or {})
         )
         self.decoder_body = mlp(latent_dim, list(reversed(hidden)), activation, maxout_pool)
         self.decoder_out = nn.Linear(hidden[0] if hidden else latent_dim, data_dim)
@@ -127,6 +129,7 @@ class FlowVAE(nn.Module):
             amortized=cfg.flow.amortized,
             flow_hparams=dict(cfg.flow.hparams),
             min_log_var=m.min_log_var,
+            context_norm=cfg.flow.context_norm,
         )
 
     def encode(self, x: Tensor) -> Posterior:

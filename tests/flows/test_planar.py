@@ -45,3 +45,26 @@ def test_the_correction_stays_bounded_as_w_vanishes_only_when_centered(scale):
     assert centered < 2 * float(u.norm())  # bounded: about |u - (w_hat.u) w_hat / e|
     # the paper's m(0) = -0.31: a correction of norm 0.31 / ||w|| that grows without bound
     assert paper == pytest.approx((1 - math.log(2)) / float(w.norm()), rel=0.05)
+
+
+def test_det_floor_keeps_every_determinant_above_it():
+    torch.manual_seed(0)
+    layer = Planar(3, det_floor=0.2).double()
+    u, w = torch.randn(500, 3, dtype=torch.float64) * 5, torch.randn(500, 3, dtype=torch.float64)
+    assert ((w * layer.constrained_u(u, w)).sum(-1) > -0.8).all()
+    with pytest.raises(ValueError, match="det_floor"):
+        Planar(3, det_floor=1.0)
+
+
+def test_context_norm_makes_the_parameters_independent_of_the_context_scale():
+    torch.manual_seed(0)
+    flow = make_flow("planar", 4, 2, amortized=True, context_dim=6, context_norm=True).double()
+    h = torch.randn(5, 6, dtype=torch.float64)
+    a = flow.layer_params(5, h)
+    b = flow.layer_params(5, 1000.0 * h)
+    for pa, pb in zip(a, b, strict=True):
+        for name in pa:
+            torch.testing.assert_close(pa[name], pb[name])
+    plain = make_flow("planar", 4, 2, amortized=True, context_dim=6).double()
+    assert not torch.allclose(plain.layer_params(5, h)[0]["u"],
+                              plain.layer_params(5, 1000.0 * h)[0]["u"])
