@@ -92,6 +92,9 @@ class FlowConfig:
     amortized: bool = True
     # amortized: the parameter head reads LayerNorm(h(x)) instead of h(x)
     context_norm: bool = False
+    # amortized: theta = c + head_gain * W h (the head learns head_gain times slower);
+    # null: 1/sqrt(number of encoder features)
+    head_gain: float | None = 1.0
     # extra keyword arguments for the layer class (flow-specific hyperparameters)
     hparams: dict[str, Any] = field(default_factory=dict)
 

@@ -164,14 +164,18 @@ class AmortizedParams(ParamSource):
     """
 
     def __init__(self, layers: list[FlowLayer], context_dim: int,
-                 normalize: bool = False) -> None:
+                 normalize: bool = False, gain: float | None = 1.0) -> None:
         super().__init__(layers)
         # normalize: the head reads LayerNorm(h) (no learned scale), so the flow's parameters
         # stay bounded for every x however large the encoder's features grow
         self.norm = nn.LayerNorm(context_dim, elementwise_affine=False) if normalize else None
+        # gain g: theta = c + g W h with W drawn at 0.01 / g, so theta starts alike for every g
+        # while an optimizer step on W (of a size set by the learning rate, as Adam's is)
+        # moves theta g times as far: the head learns g times slower than the rest
+        self.gain = context_dim**-0.5 if gain is None else float(gain)  # None: 1/sqrt(C)
         self.sizes = [math.prod(s) for shapes in self.shapes for s in shapes.values()]
         self.head = nn.Linear(context_dim, max(sum(self.sizes), 1))
-        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.normal_(self.head.weight, std=0.01 / self.gain)
         nn.init.zeros_(self.head.bias)
         with torch.no_grad():
             offset = 0
@@ -186,7 +190,9 @@ class AmortizedParams(ParamSource):
     def forward(self, batch_size: int, context: Tensor | None) -> list[Params]:
         if context is None:
             raise ValueError("an amortized flow needs context of shape [B, context_dim]")
-        flat = self.head(context if self.norm is None else self.norm(context))
+        h = context if self.norm is None else self.norm(context)
+        flat = self.head(h) if self.gain == 1.0 else torch.addmm(
+            self.head.bias, h, self.head.weight.t(), alpha=self.gain)
         chunks = iter(flat.split(self.sizes, dim=-1)) if self.sizes else iter(())
         out: list[Params] = []
         for shapes in self.shapes:
@@ -277,6 +283,7 @@ def make_flow(
     amortized: bool = False,
     context_dim: int | None = None,
     context_norm: bool = False,
+    head_gain: float | None = 1.0,
     **hparams: object,
 ) -> FlowStack:
     """Build a stack of ``K`` layers of flow ``name`` acting on ``dim`` dimensions.
@@ -284,7 +291,9 @@ def make_flow(
     ``amortized=True`` needs ``context_dim``: the stack then takes ``context [B, context_dim]``
     and an :class:`AmortizedParams` head produces every layer's raw parameters from it;
     otherwise they are :class:`GlobalParams`. ``context_norm``: the head reads the layer-normed
-    context (see :class:`AmortizedParams`). Extra keyword arguments go to the layer class.
+    context and ``head_gain`` (None: ``1/sqrt(context_dim)``) scales how fast the head learns
+    (see :class:`AmortizedParams`).
+    Extra keyword arguments go to the layer class.
     """
     if name not in FLOWS:
         known = ", ".join(sorted(FLOWS))
@@ -299,5 +308,6 @@ def make_flow(
     if K == 0:
         return FlowStack(layers, None, ctx_dim)
     if amortized:
-        return FlowStack(layers, AmortizedParams(layers, context_dim, context_norm), ctx_dim)
+        source = AmortizedParams(layers, context_dim, context_norm, head_gain)
+        return FlowStack(layers, source, ctx_dim)
     return FlowStack(layers, GlobalParams(layers), ctx_dim)

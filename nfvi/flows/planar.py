@@ -33,17 +33,20 @@ from nfvi.flows.base import FlowLayer, Params, register_flow
 class Planar(FlowLayer):
     """Raw parameters per example: ``u [D]``, ``w [D]``, ``b [1]``.
 
-    Hyperparameters: ``centered`` (``m(0) = 0``, see the module docstring), ``w_init_std``,
+    Hyperparameters: ``centered`` (``m(0) = 0``, see the module docstring), ``w_init_std``
+    (None: ``1/sqrt(D)`` when centered, else 0.01),
     ``det_floor`` ``d``: ``m`` scaled by ``1 - d``, so ``w^T u_hat > -1 + d`` and every layer's
     ``det = 1 + h'(a) w^T u_hat > d`` (no log-determinant singularity to fall into).
     """
 
     def __init__(self, dim: int, index: int = 0, *, centered: bool = False,
-                 w_init_std: float = 0.01, det_floor: float = 0.0) -> None:
+                 w_init_std: float | None = None, det_floor: float = 0.0) -> None:
         super().__init__(dim, index)
         if not 0.0 <= float(det_floor) < 1.0:
             raise ValueError(f"planar det_floor must be in [0, 1), got {det_floor}")
         self.shift = math.log(math.e - 1.0) if centered else 0.0
+        if w_init_std is None:  # centered: a unit-norm w; the paper's m: small like the rest
+            w_init_std = dim**-0.5 if centered else 0.01
         self.w_init_std = float(w_init_std)
         self.floor = float(det_floor)
 

@@ -100,6 +100,7 @@ class FlowVAE(nn.Module):
         flow_hparams: dict | None = None,
         min_log_var: float = -12.0,
         context_norm: bool = False,
+        head_gain: float | None = 1.0,
     ) -> None:
         super().__init__()
         self.data_dim, self.latent_dim = data_dim, latent_dim
@@ -110,7 +111,7 @@ class FlowVAE(nn.Module):
         self.q_log_var = nn.Linear(feat, latent_dim)
         self.flow = make_flow(
             flow, latent_dim, K, amortized=amortized, context_dim=feat,
-            context_norm=context_norm, **(flow_hparams or {})
+            context_norm=context_norm, head_gain=head_gain, **(flow_hparams or {})
         )
         self.decoder_body = mlp(latent_dim, list(reversed(hidden)), activation, maxout_pool)
         self.decoder_out = nn.Linear(hidden[0] if hidden else latent_dim, data_dim)
@@ -130,6 +131,7 @@ class FlowVAE(nn.Module):
             flow_hparams=dict(cfg.flow.hparams),
             min_log_var=m.min_log_var,
             context_norm=cfg.flow.context_norm,
+            head_gain=cfg.flow.head_gain,
         )
 
     def encode(self, x: Tensor) -> Posterior:

@@ -68,3 +68,29 @@ def test_context_norm_makes_the_parameters_independent_of_the_context_scale():
     plain = make_flow("planar", 4, 2, amortized=True, context_dim=6).double()
     assert not torch.allclose(plain.layer_params(5, h)[0]["u"],
                               plain.layer_params(5, 1000.0 * h)[0]["u"])
+
+
+def test_the_shipped_amortized_planar_is_exact_and_every_parameter_learns():
+    """flow=planar's defaults: centered m, unit-scale w, a head of gain 1/sqrt(C)."""
+    torch.manual_seed(0)
+    flow = make_flow("planar", 4, 3, amortized=True, context_dim=9, head_gain=None,
+                     centered=True).double()
+    assert flow.source.gain == pytest.approx(1 / 3)
+    h = torch.randn(5, 9, dtype=torch.float64)
+    z = torch.randn(5, 4, dtype=torch.float64)
+    zk, ld = flow(z, h)
+    torch.testing.assert_close(ld, jacobian_logdet(flow, z, h), rtol=1e-9, atol=1e-9)
+    ((zk * torch.randn_like(zk)).sum() + ld.sum()).backward()
+    for name, p in flow.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_head_gain_leaves_the_initial_parameters_alike_and_scales_the_head():
+    h = torch.randn(7, 10)
+    out = {}
+    for gain in (1.0, 0.1):
+        torch.manual_seed(3)
+        flow = make_flow("planar", 4, 2, amortized=True, context_dim=10, head_gain=gain)
+        out[gain] = flow.layer_params(7, h)[0]["u"]
+        assert flow.source.head.weight.std().item() == pytest.approx(0.01 / gain, rel=0.2)
+    torch.testing.assert_close(out[1.0], out[0.1], rtol=1e-5, atol=1e-6)
