@@ -187,7 +187,7 @@ def _start(dcfg: DictConfig, run_dir: Path, console: Console) -> _Start:
         if cfg.resume and rundir.clean_temporaries(run_dir):
             console.print("removed the temporary files of an interrupted checkpoint write")
         seed_everything(cfg.seed)
-        task = task_module(cfg.task).build(cfg, device, console)
+        task = _build(cfg, device, console)
         loop = Loop(task, cfg.trainer, run_dir, console, to_plain(cfg),
                     make_logger(cfg.logger.name, run_dir))
         if cfg.resume:
@@ -202,6 +202,16 @@ def _start(dcfg: DictConfig, run_dir: Path, console: Console) -> _Start:
     except BaseException:
         _undo_start(dcfg, run_dir, claimed)
         raise
+
+
+def _build(cfg: Config, device, console: Console):
+    try:
+        return task_module(cfg.task).build(cfg, device, console)
+    except TypeError as e:
+        if "hyperparameters" not in str(e) and "unexpected keyword" not in str(e):
+            raise
+        raise ConfigError(f"{e}; flow.hparams must hold {cfg.flow.name}'s hyperparameters "
+                          f"(configs/flow/<name>.yaml; choose a flow with flow=<name>)") from e
 
 
 def _undo_start(dcfg: DictConfig, run_dir: Path, claimed: bool) -> None:

@@ -27,7 +27,8 @@ def test_keys_cover_the_schema_with_their_values():
 
 
 @pytest.mark.parametrize("args, incomplete, expected", [
-    ([], "flo", {"flow=", "flow.name=", "flow.amortized=", "flow.hparams="}),
+    ([], "flo", {"flow=", "flow.name=", "flow.amortized=", "flow.hparams=", "flow.head_gain=",
+                 "flow.context_norm="}),
     ([], "flow=pl", {"flow=planar"}),                         # zsh / fish: the whole word
     (["flow", "="], "ra", {"radial"}),                        # bash: split at '='
     (["flow"], "", set(groups()["flow"])),                    # bash: cursor right after '='

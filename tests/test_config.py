@@ -81,7 +81,7 @@ def test_typed_gives_dataclasses_with_enums(composed):
     assert cfg.model.activation is Activation.maxout
     assert cfg.K == 10
     assert cfg.flow.name == "planar"
-    assert type(cfg.flow.hparams) is dict and cfg.flow.hparams == {}
+    assert type(cfg.flow.hparams) is dict and cfg.flow.hparams == {"centered": True}  # planar
     assert type(cfg.model.hidden) is list
 
 

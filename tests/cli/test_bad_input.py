@@ -62,6 +62,7 @@ CASES = [
     (["train", "trainer.beta_start=2"], ["trainer.beta_start"], 2),
     (["train", "experiment=.."], ["experiment=..", "outside output_root"], 2),
     (["train", "flow.name=../x"], ["flow.name=../x", "outside output_root"], 2),
+    (["train", "+flow.hparams.bogus=1"], ["bogus", "flow.hparams"], 2),
     (["train", "K=3", "seed=5", "hydra.run.dir={run}"], ["already holds a run"], 2),
     (["train", "device=cuda:99"], ["cuda:99"], 2),
     (["train", "resume={root}/nope"], ["resume"], 2),

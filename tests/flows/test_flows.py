@@ -94,7 +94,7 @@ def test_planar_constraint_holds_for_any_raw_parameters():
     u = torch.randn(1000, DIM, generator=gen, dtype=torch.float64) * 5
     u[:500] = -10.0 * w[:500]  # raw u deliberately far on the wrong side: w^T u << -1
     assert ((w * u).sum(-1) < -1).sum() >= 500
-    u_hat = Planar.constrained_u(u, w)
+    u_hat = Planar(DIM).constrained_u(u, w)
     wu_hat = (w * u_hat).sum(-1)
     assert (wu_hat >= -1.0 - 1e-12).all()  # -1 + softplus(.) rounds to -1 far out
     torch.testing.assert_close(wu_hat, -1.0 + torch.nn.functional.softplus((w * u).sum(-1)))
@@ -105,7 +105,7 @@ def test_planar_u_hat_uses_squared_norm():
     w = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
     u = torch.tensor([[4.0, -3.0]], dtype=torch.float64)
     expected = u + (torch.log(torch.tensor(2.0, dtype=torch.float64)) - 1.0) * w / 25.0
-    torch.testing.assert_close(Planar.constrained_u(u, w), expected)
+    torch.testing.assert_close(Planar(DIM).constrained_u(u, w), expected)
 
 
 def test_radial_stays_invertible_for_extreme_raw_parameters():
