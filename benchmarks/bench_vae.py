@@ -19,6 +19,12 @@ import torch
 from nfvi.vae.model import FlowVAE
 
 
+def shipped_model(K: int) -> FlowVAE:
+    """The default model with ``flow=planar``'s shipped settings (centered, head gain auto)."""
+    return FlowVAE(784, 40, [400, 400], "maxout", 4, "planar", K, True,
+                   flow_hparams={"centered": True}, head_gain=None)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -26,7 +32,7 @@ def sync(device: torch.device) -> None:
 
 def train_rate(K: int, device: torch.device, steps: int, batch: int) -> float:
     torch.manual_seed(0)
-    model = FlowVAE(784, 40, [400, 400], "maxout", 4, "planar", K, True).to(device)
+    model = shipped_model(K).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.bernoulli(torch.full((batch, 784), 0.13, device=device))
 
@@ -48,7 +54,7 @@ def train_rate(K: int, device: torch.device, steps: int, batch: int) -> float:
 
 def iw_seconds_per_point(K: int, device: torch.device, points: int, samples: int) -> float:
     torch.manual_seed(0)
-    model = FlowVAE(784, 40, [400, 400], "maxout", 4, "planar", K, True).to(device).eval()
+    model = shipped_model(K).to(device).eval()
     x = torch.bernoulli(torch.full((points, 784), 0.13, device=device))
     chunk = 500 if device.type == "cpu" else 5000
     model.iw_nll(x[:1], 100, chunk)  # warm-up
