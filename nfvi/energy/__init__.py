@@ -2,8 +2,8 @@
 
 ``from nfvi.energy import TARGETS``; ``TARGETS["u1"](z [B, 2]) -> U [B]`` with ``p ∝ exp(-U)``.
 U2-U4 include a Gaussian envelope ``z1^2 / (2 s^2)`` (default ``s = 4``); see
-:mod:`nfvi.energy.targets`. :func:`run_energy` is the ``task=energy`` entry point; it is
-imported lazily so that importing the targets does not pull in matplotlib or the runner.
+:mod:`nfvi.energy.targets`. The ``task=energy`` task itself is :mod:`nfvi.energy.run`, not
+imported here, so that importing the targets does not pull in matplotlib or the loop.
 """
 
 from nfvi.energy.evaluate import (
@@ -29,14 +29,6 @@ from nfvi.energy.targets import (
     w3,
 )
 
-
-def run_energy(cfg, run_dir, device, console):
-    """See :func:`nfvi.energy.run.run_energy`."""
-    from nfvi.energy.run import run_energy as _run
-
-    return _run(cfg, run_dir, device, console)
-
-
 __all__ = [
     "DEFAULT_ENVELOPE_STD",
     "TARGETS",
@@ -51,7 +43,6 @@ __all__ = [
     "get_target",
     "log_partition",
     "log_partition_importance",
-    "run_energy",
     "u1_raw",
     "u2_raw",
     "u3_raw",
