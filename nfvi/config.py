@@ -48,6 +48,11 @@ class Anneal(StrEnum):
     kl = "kl"  # KL warm-up (Berg et al. 2018): -ln p(x|z) + beta (ln q - ln p(z))
 
 
+class LRSchedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+
+
 class OnNonFinite(StrEnum):
     stop = "stop"  # stop the run, keeping the last finite checkpoints
     skip = "skip"  # skip the update (up to 20 in a row)
@@ -95,6 +100,8 @@ class FlowConfig:
     # amortized: theta = c + head_gain * W h (the head learns head_gain times slower);
     # null: 1/sqrt(number of encoder features)
     head_gain: float | None = 1.0
+    # the flow acts on the standardized q0 sample eps: z_K = mu(x) + sigma(x) * f(eps)
+    standardized: bool = False
     # extra keyword arguments for the layer class (flow-specific hyperparameters)
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +139,10 @@ class TrainerConfig:
     anneal: Anneal = Anneal.joint
     beta_start: float = 0.01
     beta_steps: int = 500
+    # optim.lr times a factor of the update: constant, or cosine from 1 to lr_final over
+    # max_steps (the run's own budget: the same command gives the same schedule)
+    lr_schedule: LRSchedule = LRSchedule.constant
+    lr_final: float = 0.0
     grad_clip: float | None = None
     on_nonfinite: OnNonFinite = OnNonFinite.stop
     num_threads: int | None = None
@@ -267,6 +278,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be positive or null")
     if t.beta_steps <= 0:
         raise ConfigError(f"trainer.beta_steps={t.beta_steps} must be positive")
+    if not 0.0 <= t.lr_final <= 1.0:
+        raise ConfigError(f"trainer.lr_final={t.lr_final} must be in [0, 1] (a fraction of "
+                          "optim.lr)")
     if not 0.0 <= t.beta_start <= 1.0:
         raise ConfigError(f"trainer.beta_start={t.beta_start} must be in [0, 1]")
     if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):

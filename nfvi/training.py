@@ -37,7 +37,7 @@ from nfvi.errors import NfviError
 from nfvi.loggers import NullLogger
 from nfvi.rundir import BEST, LAST, MetricsLog, checkpoint_path
 from nfvi.runtime import rng_state, set_rng_state
-from nfvi.schedules import annealing_done, beta_at
+from nfvi.schedules import annealing_done, beta_at, lr_factor
 
 log = logging.getLogger("nfvi")
 
@@ -235,10 +235,17 @@ class Loop:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.clock = time.perf_counter()
         self.skipped_in_a_row = 0
+        # optim.lr as built; the schedule scales it each step (resume sets it from the config)
+        self.base_lrs = [g["lr"] for g in task.optimizer.param_groups]
 
     # -- schedule and limits --------------------------------------------------------------
     def beta(self, step: int) -> float:
         return beta_at(step, self.t.beta_schedule, self.t.beta_start, self.t.beta_steps)
+
+    def set_lr(self, step: int) -> None:
+        f = lr_factor(step, self.t.lr_schedule, self.max_steps, self.t.lr_final)
+        for group, base in zip(self.task.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * f
 
     @property
     def max_steps(self) -> int:
@@ -296,12 +303,21 @@ class Loop:
         if dropped:
             self.console.print(f"metrics.jsonl: dropped {dropped} line(s) logged after step "
                                f"{self.state.step} or torn by a kill")
+        saved = (ckpt.get("config") or {}).get("trainer", {}).get("max_steps")
+        if self.t.lr_schedule != "constant" and saved not in (None, self.t.max_steps):
+            f = lr_factor(self.state.step, self.t.lr_schedule, self.max_steps, self.t.lr_final)
+            self.console.print(
+                f"note: trainer.max_steps {saved} -> {self.t.max_steps}: the {self.t.lr_schedule} "
+                f"learning-rate schedule now runs over {self.max_steps} updates (lr "
+                f"{self.base_lrs[0] * f:.3g} from here)")
         self.console.print(f"resuming {self.run_dir} from step {self.state.step}")
 
     # -- one step -------------------------------------------------------------------------
     def step(self) -> float:
         """One update; returns the beta it used."""
         beta = self.beta(self.state.step)
+        if self.t.lr_schedule != "constant":
+            self.set_lr(self.state.step)
         out = self.task.objective(beta)
         self.state.step += 1
         if self.t.on_nonfinite == "skip" and not bool(torch.isfinite(out.loss)):

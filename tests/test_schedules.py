@@ -82,3 +82,17 @@ def test_annealing_done_flips_at_first_step_with_beta_one(schedule, start, steps
     assert beta_at(first_done, schedule, start, steps) == 1.0
     if first_done > 0:
         assert beta_at(first_done - 1, schedule, start, steps) < 1.0
+
+
+def test_cosine_learning_rate_factor():
+    from nfvi.schedules import lr_factor
+
+    assert lr_factor(0, "cosine", 100) == pytest.approx(1.0)
+    assert lr_factor(50, "cosine", 100) == pytest.approx(0.5)
+    assert lr_factor(100, "cosine", 100) == pytest.approx(0.0, abs=1e-15)
+    assert lr_factor(100, "cosine", 100, final=0.1) == pytest.approx(0.1)
+    assert lr_factor(250, "cosine", 100, final=0.1) == pytest.approx(0.1)  # past the budget
+    assert lr_factor(25, "cosine", 100) == pytest.approx(0.5 * (1 + 2**-0.5))
+    assert all(lr_factor(t, "constant", 100) == 1.0 for t in (0, 50, 100, 1000))
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        lr_factor(0, "step", 100)

@@ -214,3 +214,32 @@ def test_a_signal_saves_last_and_raises_with_the_exit_status(tmp_path):
     assert info.value.exit_code == 128 + signal.SIGTERM
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["step"] == 8
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was restored
+
+
+def test_cosine_schedule_sets_the_learning_rate_each_step(tmp_path):
+    make_loop(tmp_path, lr_schedule="cosine", lr_final=0.1).run()
+    train = [r for r in metrics(tmp_path) if r["split"] == "train"]
+    # the record of step s carries the lr of its last update, t = s - 1, of 40
+    expected = [0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 40)))
+                for s in range(5, 41, 5)]
+    assert [r["lr"] for r in train] == pytest.approx(expected, rel=1e-12)
+
+
+def test_resume_keeps_the_cosine_schedule(tmp_path):
+    from nfvi.rundir import LAST
+
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    torch.manual_seed(1)
+    make_loop(full_dir, lr_schedule="cosine").run()
+    torch.manual_seed(1)
+    first = make_loop(cut_dir, lr_schedule="cosine")
+    for _ in range(17):
+        first.step()
+    first.save(LAST)
+    second = make_loop(cut_dir, lr_schedule="cosine")
+    second.resume(cut_dir / "checkpoints" / "last.pt")
+    second.run()
+    a = load_checkpoint(cut_dir / "checkpoints" / "last.pt")
+    b = load_checkpoint(full_dir / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]

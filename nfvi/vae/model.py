@@ -101,8 +101,10 @@ class FlowVAE(nn.Module):
         min_log_var: float = -12.0,
         context_norm: bool = False,
         head_gain: float | None = 1.0,
+        standardized: bool = False,
     ) -> None:
         super().__init__()
+        self.standardized = standardized
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.min_log_var = min_log_var
         self.encoder = mlp(data_dim, list(hidden), activation, maxout_pool)
@@ -132,6 +134,7 @@ class FlowVAE(nn.Module):
             min_log_var=m.min_log_var,
             context_norm=cfg.flow.context_norm,
             head_gain=cfg.flow.head_gain,
+            standardized=cfg.flow.standardized,
         )
 
     def encode(self, x: Tensor) -> Posterior:
@@ -146,8 +149,13 @@ class FlowVAE(nn.Module):
     def sample_posterior(self, post: Posterior) -> PosteriorSample:
         """One reparameterized sample per row of ``post``."""
         eps = torch.randn_like(post.mu)
-        z0 = post.mu + torch.exp(0.5 * post.log_var) * eps
+        sigma = torch.exp(0.5 * post.log_var)
+        z0 = post.mu + sigma * eps
         log_q0 = log_normal_diag(z0, post.mu, post.log_var)
+        if self.standardized:
+            # z_K = mu + sigma * f(eps): the affine map and its inverse cancel in the Jacobian
+            ek, log_det = self.flow(eps, post.features)
+            return PosteriorSample(z0, post.mu + sigma * ek, log_q0, log_det)
         zk, log_det = self.flow(z0, post.features)
         return PosteriorSample(z0, zk, log_q0, log_det)
 
