@@ -82,6 +82,53 @@ def report(
     raise typer.Exit(code)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, fetch, import.")
+app.add_typer(data_app, name="data")
+DataDir = Annotated[str | None,
+                    typer.Option("--data-dir", help="Default: $NFVI_DATA_DIR or data/.")]
+
+
+def _data_dir(value: str | None) -> str:
+    import os
+
+    return value or os.environ.get("NFVI_DATA_DIR") or "data"
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDir = None) -> None:
+    """Every dataset: its files, present or missing, and where it is looked for."""
+    from nfvi.errors import guard
+
+    with guard():
+        from nfvi.data.catalog import listing
+
+        for r in listing(_data_dir(data_dir)):
+            typer.echo(f"{r['dataset']:<14} {r['status']:<8} {r['where']}  ({r['files']}; "
+                       f"{r['source']})")
+
+
+@data_app.command("fetch")
+def data_fetch(name: str, data_dir: DataDir = None) -> None:
+    """Download NAME from its public home, verify it and store it in the data dir."""
+    from nfvi.errors import guard
+
+    with guard():
+        from nfvi.data.catalog import fetch
+
+        typer.echo(f"stored {fetch(name, _data_dir(data_dir))}")
+
+
+@data_app.command("import")
+def data_import(name: str, path: Path, data_dir: DataDir = None) -> None:
+    """Use a file you already have: verify PATH as NAME's file and copy it to the data dir."""
+    from nfvi.errors import guard
+
+    with guard():
+        from nfvi.data.catalog import import_file
+
+        typer.echo(f"stored {import_file(name, path, _data_dir(data_dir))}")
+
+
 def main() -> None:
     app()
 

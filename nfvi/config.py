@@ -35,6 +35,13 @@ class Source(StrEnum):
 class Binarize(StrEnum):
     dynamic = "dynamic"
     threshold = "threshold"
+    none = "none"  # grey levels as they are (8-bit or continuous likelihoods)
+
+
+class LikelihoodName(StrEnum):
+    bernoulli = "bernoulli"
+    categorical = "categorical"
+    logit_normal = "logit_normal"
 
 
 class BetaSchedule(StrEnum):
@@ -85,6 +92,9 @@ class DatasetConfig:
     download: bool = False
     binarize: Binarize = Binarize.dynamic
     threshold: float = 0.5
+    # the decoder's output distribution (nfvi/vae/likelihoods.py): binary data bernoulli,
+    # 8-bit data categorical (also reported in bits/dim)
+    likelihood: LikelihoodName = LikelihoodName.bernoulli
     val_size: int = 10000
     split_seed: int = 0
     # filled in at run time with what was actually used ("full" or "bundled")
@@ -270,6 +280,14 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"unknown flow {cfg.flow.name!r}; choose flow= one of {', '.join(flow_names())}"
         )
+    d = cfg.dataset
+    if str(d.likelihood) == "bernoulli" and str(d.binarize) == "none":
+        raise ConfigError("dataset.likelihood=bernoulli needs binary pixels; set "
+                          "dataset.binarize=dynamic or threshold, or dataset.likelihood="
+                          "categorical for 8-bit data")
+    if str(d.likelihood) != "bernoulli" and str(d.binarize) != "none":
+        raise ConfigError(f"dataset.likelihood={d.likelihood} models grey levels, not binary "
+                          "pixels; set dataset.binarize=none")
     t = cfg.trainer
     for key in ("batch_size", "max_steps", "val_interval", "log_interval", "mc_samples"):
         if getattr(t, key) <= 0:

@@ -3,6 +3,7 @@
 * ``dynamic``: each pixel is ~ Bernoulli(grey level), re-drawn every time it is called
   (a fresh binarization per epoch for training; Salakhutdinov & Murray 2008).
 * ``threshold``: pixel > threshold, deterministic.
+* ``none``: the grey levels unchanged (for 8-bit or continuous likelihoods).
 
 For validation and test, :func:`fixed_binarization` draws one binarization from a fixed seed so
 that evaluation numbers are comparable between runs and epochs.
@@ -14,7 +15,7 @@ import torch
 
 from nfvi.errors import ConfigError
 
-MODES = ("dynamic", "threshold")
+MODES = ("dynamic", "threshold", "none")
 
 
 def binarize(
@@ -32,6 +33,8 @@ def binarize(
         return torch.bernoulli(x, generator=generator)
     if mode == "threshold":
         return (x > threshold).to(x.dtype)
+    if mode == "none":
+        return x
     raise ConfigError(f"unknown binarization mode '{mode}'; use one of {', '.join(MODES)}")
 
 

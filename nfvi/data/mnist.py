@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nfvi.data import frey
 from nfvi.data.idx import read_idx
+from nfvi.data.store import check_recorded, record
 from nfvi.errors import DataError
 
 IMAGE_SHAPE = (1, 28, 28)
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "frey_faces")
 SOURCES = ("auto", "full", "bundled")
 BUNDLED_FILE = "mnist_bundled.npz"
 
@@ -87,6 +89,11 @@ def load_dataset(
         raise DataError(f"unknown dataset '{name}'; use one of {', '.join(DATASETS)}")
     if source not in SOURCES:
         raise DataError(f"unknown dataset source '{source}'; use one of {', '.join(SOURCES)}")
+    if name == "frey_faces":  # its own file format (nfvi.data.frey)
+        if source == "bundled":
+            raise DataError("there is no bundled subset of frey_faces; use dataset.source=full "
+                            "with frey_rawface.mat in data_dir (nfvi data import frey_faces PATH)")
+        return load_frey(data_dir, split_seed)
     if source == "bundled":
         if name != "mnist":
             raise DataError(
@@ -254,3 +261,22 @@ def _load_bundled(note: str) -> LoadedData:
         val_labels=tensors["val"][1],
         test_labels=tensors["test"][1],
     )
+
+
+def load_frey(data_dir: str, split_seed: int) -> LoadedData:
+    """Frey Faces from ``frey_rawface.mat`` in ``data_dir`` (see :mod:`nfvi.data.frey`),
+    verified (layout, and the sha256 recorded on first use) and split 1565 / 200 / 200."""
+    path = frey.find_file(data_dir)
+    if path is None:
+        raise DataError(
+            f"Frey Faces file {frey.FILE} not found in {Path(data_dir) / 'frey_faces'} or "
+            f"{data_dir}; download it from {frey.URL} and run nfvi data import frey_faces PATH"
+        )
+    fix = f"replace it with the original ({frey.URL}) via nfvi data import frey_faces PATH"
+    digest = check_recorded(path, data_dir, fix)
+    frames = frey.read_frey(path)
+    record(path, data_dir, digest)
+    parts = frey.split_frey(frames, split_seed)
+    return LoadedData(name="frey_faces", source="full", train=parts["train"], val=parts["val"],
+                      test=parts["test"], image_shape=frey.IMAGE_SHAPE, note="",
+                      location=str(path.parent))

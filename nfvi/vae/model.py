@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfvi.flows import make_flow
+from nfvi.vae.likelihoods import make_likelihood
 from nfvi.vae.networks import mlp
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -82,9 +82,10 @@ class IWEstimate:
 
 
 class FlowVAE(nn.Module):
-    """MLP encoder/decoder with a flow posterior and a Bernoulli decoder (logits).
+    """MLP encoder/decoder with a flow posterior and a decoder distribution ``likelihood``
+    (:mod:`nfvi.vae.likelihoods`: ``bernoulli`` logits by default).
 
-    Shapes: ``x [B, P]`` with ``P`` pixels in {0, 1}; latents ``[B, D]``.
+    Shapes: ``x [B, P]`` with ``P`` pixels in [0, 1] ({0, 1} for Bernoulli); latents ``[B, D]``.
     """
 
     def __init__(
@@ -102,8 +103,10 @@ class FlowVAE(nn.Module):
         context_norm: bool = False,
         head_gain: float | None = 1.0,
         standardized: bool = False,
+        likelihood: str = "bernoulli",
     ) -> None:
         super().__init__()
+        self.likelihood = make_likelihood(likelihood)
         self.standardized = standardized
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.min_log_var = min_log_var
@@ -116,7 +119,8 @@ class FlowVAE(nn.Module):
             context_norm=context_norm, head_gain=head_gain, **(flow_hparams or {})
         )
         self.decoder_body = mlp(latent_dim, list(reversed(hidden)), activation, maxout_pool)
-        self.decoder_out = nn.Linear(hidden[0] if hidden else latent_dim, data_dim)
+        self.decoder_out = nn.Linear(hidden[0] if hidden else latent_dim,
+                                     data_dim * self.likelihood.per_pixel)
 
     @classmethod
     def from_config(cls, cfg, data_dim: int) -> FlowVAE:
@@ -135,6 +139,7 @@ class FlowVAE(nn.Module):
             context_norm=cfg.flow.context_norm,
             head_gain=cfg.flow.head_gain,
             standardized=cfg.flow.standardized,
+            likelihood=str(cfg.dataset.likelihood),
         )
 
     def encode(self, x: Tensor) -> Posterior:
@@ -143,7 +148,7 @@ class FlowVAE(nn.Module):
         return Posterior(self.q_mu(h), log_var, h)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Bernoulli logits ``[N, P]`` for latents ``[N, D]``."""
+        """The likelihood's parameters ``[N, P * per_pixel]`` for latents ``[N, D]``."""
         return self.decoder_out(self.decoder_body(z))
 
     def sample_posterior(self, post: Posterior) -> PosteriorSample:
@@ -160,9 +165,8 @@ class FlowVAE(nn.Module):
         return PosteriorSample(z0, zk, log_q0, log_det)
 
     def log_likelihood(self, x: Tensor, zk: Tensor) -> Tensor:
-        """``ln p(x|z_K)`` ``[N]`` under the Bernoulli decoder."""
-        logits = self.decode(zk)
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        """``ln p(x|z_K)`` ``[N]`` under the decoder's likelihood."""
+        return self.likelihood.log_prob(self.decode(zk), x)
 
     def elbo(self, x: Tensor, beta: float = 1.0, anneal: str = "joint") -> ElboTerms:
         """One-sample free energy of a batch ``x [B, P]`` (see the module docstring).
@@ -207,12 +211,12 @@ class FlowVAE(nn.Module):
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Bernoulli means ``[n, P]`` for ``z ~ N(0, I)``."""
+        """Images ``[n, P]`` (the likelihood's :meth:`mean`) for ``z ~ N(0, I)``."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decode(z))
+        return self.likelihood.mean(self.decode(z))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Bernoulli means ``[B, P]`` of ``p(x|z_K)`` with ``z_K`` from the posterior flow."""
-        return torch.sigmoid(self.decode(self.sample_posterior(self.encode(x)).zk))
+        """Images ``[B, P]`` of ``p(x|z_K)`` with ``z_K`` from the posterior flow."""
+        return self.likelihood.mean(self.decode(self.sample_posterior(self.encode(x)).zk))

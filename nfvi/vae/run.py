@@ -1,9 +1,10 @@
 """The VAE task on the shared loop (Rezende & Mohamed 2015, section 6.2).
 
 :class:`VAETask` gives :class:`nfvi.training.Loop` its objective (the annealed free energy of a
-dynamically binarized minibatch), its validation (-ELBO on the fixed validation bits), its
-resumable state (the data order and the binarization generator) and its finish (the best
-checkpoint evaluated on the test split with the importance-weighted NLL, and two figures).
+minibatch, dynamically binarized for binary likelihoods), its validation (-ELBO on the fixed
+validation inputs), its resumable state (the data order and the binarization generator) and
+its finish (the best checkpoint evaluated on the test split with the importance-weighted NLL,
+and two figures).
 :func:`evaluate_checkpoint` is ``nfvi eval``.
 """
 
@@ -24,6 +25,7 @@ from nfvi.rundir import BEST, atomic_write_json, checkpoint_path, per_example_fi
 from nfvi.training import Loop, StepOutput, TaskResult, Validation
 from nfvi.vae.evaluate import EvalResult, evaluate, validation_neg_elbo
 from nfvi.vae.figures import draw_reconstructions, draw_samples
+from nfvi.vae.likelihoods import bits_per_dim
 from nfvi.vae.model import FlowVAE
 
 log = logging.getLogger("nfvi")
@@ -156,16 +158,23 @@ def test_and_draw(cfg: Config, model: FlowVAE, data: LoadedData, split: str, out
     # per test point: runs of two models on the same bits can be compared pair by pair
     atomic_write_json(out_dir / per_example_file(split),
                       {"split": split, "iw_samples": res.iw_samples, **res.per_example})
-    return TaskResult({**before, **split_results(split, res)}, figures)
+    pixels = x.shape[1] if model.likelihood.eight_bit else None
+    return TaskResult({**before, **split_results(split, res, pixels)}, figures)
 
 
-def split_results(split: str, res: EvalResult) -> dict:
-    return {f"{split}_neg_elbo": res.neg_elbo, f"{split}_neg_elbo_stderr": res.neg_elbo_stderr,
-            f"{split}_nll": res.nll, f"{split}_nll_stderr": res.nll_stderr,
-            f"{split}_recon": res.recon, f"{split}_kl": res.kl,
-            f"{split}_gap": res.neg_elbo - res.nll,
-            f"{split}_examples": res.examples, "iw_samples": res.iw_samples,
-            "eval_seconds": res.seconds}
+def split_results(split: str, res: EvalResult, pixels: int | None = None) -> dict:
+    """The summary's entries for ``split``; with ``pixels`` (8-bit data) also -ELBO and NLL in
+    bits per dimension, ``nats / (pixels ln 2)``."""
+    out = {f"{split}_neg_elbo": res.neg_elbo, f"{split}_neg_elbo_stderr": res.neg_elbo_stderr,
+           f"{split}_nll": res.nll, f"{split}_nll_stderr": res.nll_stderr,
+           f"{split}_recon": res.recon, f"{split}_kl": res.kl,
+           f"{split}_gap": res.neg_elbo - res.nll,
+           f"{split}_examples": res.examples, "iw_samples": res.iw_samples,
+           "eval_seconds": res.seconds}
+    if pixels is not None:
+        out[f"{split}_neg_elbo_bpd"] = bits_per_dim(res.neg_elbo, pixels)
+        out[f"{split}_nll_bpd"] = bits_per_dim(res.nll, pixels)
+    return out
 
 
 def build(cfg: Config, device: torch.device, console: Console) -> VAETask:
