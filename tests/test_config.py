@@ -198,3 +198,29 @@ def test_validate_refuses_dot_experiment(name):
     cfg.experiment = name
     with pytest.raises(ConfigError):
         validate(cfg)
+
+
+def test_the_vae_trainer_ships_the_flow_length_study_defaults():
+    """docs/flow_length.md: with R&M's joint annealing and a constant learning rate, amortized
+    flows made the bound worse on Fashion-MNIST; the default trainer warms up the KL term only
+    and decays the rate. trainer=paper keeps the paper's protocol; the energy task its own."""
+    t = typed(_compose()).trainer
+    assert (str(t.anneal), str(t.lr_schedule), t.lr_final) == ("kl", "cosine", 0.0)
+    p = typed(_compose("trainer=paper")).trainer
+    assert (str(p.anneal), str(p.lr_schedule)) == ("joint", "constant")
+    e = typed(_compose("task=energy")).trainer
+    assert (str(e.anneal), str(e.lr_schedule)) == ("joint", "constant")
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_lr_final_outside_the_unit_interval_is_refused(value):
+    with pytest.raises(ConfigError, match="trainer.lr_final"):
+        validate(typed(_compose(f"trainer.lr_final={value}")))
+
+
+def test_likelihood_and_binarization_must_agree():
+    with pytest.raises(ConfigError, match="dataset.likelihood=bernoulli needs binary pixels"):
+        validate(typed(_compose("dataset.binarize=none")))
+    with pytest.raises(ConfigError, match="dataset.binarize=none"):
+        validate(typed(_compose("dataset=frey_faces", "dataset.binarize=dynamic")))
+    validate(typed(_compose("dataset=frey_faces")))

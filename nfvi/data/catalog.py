@@ -20,6 +20,7 @@ from nfvi.data import frey
 from nfvi.data.mnist import find_idx_files
 from nfvi.data.store import record, sha256
 from nfvi.errors import DataError
+from nfvi.rundir import _umask
 
 
 @dataclass
@@ -86,9 +87,10 @@ def _install(e: Entry, src: Path, data_dir: Path, keep_src: bool) -> Path:
     target = e.target(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: follow the umask
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        shutil.copyfile(src, tmp)  # keeps tmp's mode
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -11,6 +11,12 @@ from tests.cli.test_cli import TINY, assert_one_line_error, nfvi, run_dirs
 from tests.data.test_frey import write_frey
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @pytest.fixture
 def env(tmp_path):
     e = dict(os.environ, NFVI_OUTPUT_ROOT=str(tmp_path / "outputs"),
@@ -32,6 +38,7 @@ def test_import_list_and_train_on_frey_faces(tmp_path, env):
     assert imp.returncode == 0, imp.stderr
     stored = tmp_path / "data" / "frey_faces" / "frey_rawface.mat"
     assert stored.read_bytes() == src.read_bytes()
+    assert stored.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # follows the umask
     assert "frey_rawface.mat" in (tmp_path / "data" / "checksums.json").read_text()
     assert "frey_faces     present" in nfvi("data", "list", env=env).stdout
 

@@ -79,7 +79,8 @@ def test_tensorboard_in_both_tasks(env, tmp_path, task):
 
 
 def test_resume_applies_optimizer_overrides_for_real(env, tmp_path):
-    first = nfvi("train", *TINY, "trainer.max_steps=20", env=env)
+    # a constant rate, so the logged lr is optim.lr itself (the default decays it)
+    first = nfvi("train", *TINY, "trainer.max_steps=20", "trainer.lr_schedule=constant", env=env)
     assert first.returncode == 0, first.stderr
     (run,) = run_dirs(tmp_path / "outputs")
     resumed = nfvi("train", f"resume={run}", "trainer.max_steps=40", "optim.lr=0.0005", env=env)

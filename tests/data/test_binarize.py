@@ -89,11 +89,17 @@ def test_fixed_binarization_leaves_global_rng_alone(grey):
 
 
 @pytest.mark.parametrize(
-    "fn", [lambda x: binarize(x, "stochastic"), lambda x: fixed_binarization(x, "none", seed=0)]
+    "fn", [lambda x: binarize(x, "stochastic"), lambda x: fixed_binarization(x, "sto", seed=0)]
 )
 def test_unknown_mode(fn):
     with pytest.raises(ConfigError, match="unknown binarization mode"):
         fn(torch.rand(2))
+
+
+def test_none_keeps_the_grey_levels():
+    x = torch.rand(3, 5)
+    assert binarize(x, "none") is x
+    assert torch.equal(fixed_binarization(x, "none", seed=0), x)
 
 
 def test_threshold_argument_is_used_not_the_default():
