@@ -28,13 +28,14 @@ def test_keys_cover_the_schema_with_their_values():
 
 @pytest.mark.parametrize("args, incomplete, expected", [
     ([], "flo", {"flow=", "flow.name=", "flow.amortized=", "flow.hparams=", "flow.head_gain=",
-                 "flow.context_norm="}),
+                 "flow.context_norm=", "flow.standardized="}),
     ([], "flow=pl", {"flow=planar"}),                         # zsh / fish: the whole word
     (["flow", "="], "ra", {"radial"}),                        # bash: split at '='
     (["flow"], "", set(groups()["flow"])),                    # bash: cursor right after '='
     ([], "trainer.beta_s", {"trainer.beta_schedule=", "trainer.beta_start=",
                             "trainer.beta_steps="}),
-    ([], "dataset.binarize=", {"dataset.binarize=dynamic", "dataset.binarize=threshold"}),
+    ([], "dataset.binarize=", {"dataset.binarize=dynamic", "dataset.binarize=threshold",
+                                 "dataset.binarize=none"}),
     ([], "--c", {"--cfg"}),
     ([], "K=", set()),
 ])
