@@ -20,7 +20,7 @@ from nfvi.data import frey
 from nfvi.data.mnist import find_idx_files
 from nfvi.data.store import record, sha256
 from nfvi.errors import DataError
-from nfvi.rundir import _umask
+from nfvi.rundir import atomic_write_bytes
 
 
 @dataclass
@@ -86,15 +86,7 @@ def _install(e: Entry, src: Path, data_dir: Path, keep_src: bool) -> Path:
     e.verify(src)  # DataError naming the file unless it is the published layout
     target = e.target(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: follow the umask
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)  # keeps tmp's mode
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(target, src.read_bytes())  # a temporary, then a rename; follows the umask
     if not keep_src:
         src.unlink(missing_ok=True)
     record(target, data_dir, sha256(target))
