@@ -400,17 +400,12 @@ def test_sylvester_starts_near_the_identity(name):
         assert (z_k - z).abs().max() < tol and ld.abs().max() < tol
 
 
-@pytest.mark.parametrize("name", ["sylvester_orthogonal", "sylvester_householder"])
-def test_sylvester_configs_clip_gradients_unless_told_otherwise(name):
+@pytest.mark.parametrize(
+    "name", ["sylvester_orthogonal", "sylvester_householder", "sylvester_triangular"]
+)
+def test_sylvester_configs_ship_the_slow_head_and_no_clipping(name):
     from tests.flows.composed import composed_config
 
-    assert composed_config(f"flow={name}").trainer.grad_clip == 100.0
-    assert composed_config(f"flow={name}", "trainer.grad_clip=null").trainer.grad_clip is None
-    assert composed_config("flow=planar").trainer.grad_clip is None
-
-
-def test_triangular_sylvester_ships_the_slow_head_and_no_clipping():
-    from tests.flows.composed import composed_config
-
-    cfg = composed_config("flow=sylvester_triangular")
+    cfg = composed_config(f"flow={name}")
     assert cfg.trainer.grad_clip is None and cfg.flow.head_gain is None
+    assert composed_config(f"flow={name}", "trainer.grad_clip=100").trainer.grad_clip == 100.0
