@@ -118,8 +118,10 @@ class FlowConfig:
 
 @dataclass
 class ModelConfig:
+    # the encoder/decoder architecture (nfvi/vae/networks.py: ARCHITECTURES): mlp, gated_conv
     name: str = "mlp"
     latent_dim: int = 40
+    # mlp only: hidden widths (the decoder mirrors them), activation, maxout window
     hidden: list[int] = field(default_factory=lambda: [400, 400])
     activation: Activation = Activation.maxout
     maxout_pool: int = 4
@@ -153,6 +155,11 @@ class TrainerConfig:
     # max_steps (the run's own budget: the same command gives the same schedule)
     lr_schedule: LRSchedule = LRSchedule.constant
     lr_final: float = 0.0
+    # the same three in epochs of the training set (van den Berg et al. 2018 count warm-up and
+    # patience in epochs): when set, they replace beta_steps, patience and val_interval
+    beta_epochs: float | None = None
+    patience_epochs: float | None = None
+    val_epochs: float | None = None
     grad_clip: float | None = None
     on_nonfinite: OnNonFinite = OnNonFinite.stop
     num_threads: int | None = None
@@ -192,7 +199,8 @@ class Config:
     K: int = 10
     device: str = "auto"
     seed: int = 0
-    experiment: str = "default"
+    # the runs' folder under output_root (output_root/<name>/<flow>_K<K>/...)
+    name: str = "default"
     output_root: str = "${oc.env:NFVI_OUTPUT_ROOT,outputs}"
     resume: str | None = None
     checkpoint: str | None = None
@@ -271,9 +279,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"unknown device {cfg.device!r}; use device=auto, cpu, cuda, cuda:N or mps"
         )
-    if not SAFE_NAME.match(str(cfg.experiment)):
+    if not SAFE_NAME.match(str(cfg.name)):
         raise ConfigError(
-            f"experiment name {cfg.experiment!r} has characters unsafe in a path; "
+            f"run name {cfg.name!r} has characters unsafe in a path; "
             "use letters, digits, '_', '-', '.'"
         )
     if cfg.flow.name not in flow_names():
@@ -301,6 +309,13 @@ def validate(cfg: Any) -> None:
                           "optim.lr)")
     if not 0.0 <= t.beta_start <= 1.0:
         raise ConfigError(f"trainer.beta_start={t.beta_start} must be in [0, 1]")
+    for key in ("beta_epochs", "patience_epochs", "val_epochs"):
+        v = getattr(t, key)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"trainer.{key}={v} must be a positive number of epochs, or null")
+        if v is not None and str(cfg.task) != "vae":
+            raise ConfigError(f"trainer.{key} counts epochs of a data set; the {cfg.task} task "
+                              "has none: set it to null and use the step-based key")
     if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be a positive norm, or null "
                           "for no clipping")
@@ -316,5 +331,10 @@ def validate(cfg: Any) -> None:
     if e.max_examples is not None and e.max_examples <= 0:
         raise ConfigError(f"eval.max_examples={e.max_examples} must be positive or null")
     m = cfg.model
+    from nfvi.vae.networks import ARCHITECTURES  # torch, as nfvi.flows above
+
+    if str(m.name) not in ARCHITECTURES:
+        raise ConfigError(f"unknown model {m.name!r}; choose model= one of "
+                          f"{', '.join(sorted(ARCHITECTURES))}")
     if m.latent_dim <= 0 or any(h <= 0 for h in m.hidden) or m.maxout_pool <= 0:
         raise ConfigError("model.latent_dim, model.hidden and model.maxout_pool must be positive")

@@ -104,6 +104,8 @@ def run_info(cfg: Config, device) -> dict:
 
 def apply_overrides(saved: dict, overrides: list[str], keep: dict) -> Config:
     """A saved run's config with this command's overrides on top; model-defining keys refused."""
+    if "experiment" in saved and "name" not in saved:  # runs made before the key's rename
+        saved = {("name" if k == "experiment" else k): v for k, v in saved.items()}
     base = OmegaConf.merge(OmegaConf.structured(Config), saved)
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")

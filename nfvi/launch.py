@@ -55,7 +55,7 @@ def _check_paths(args: list[str]) -> None:
     and an explicit ``hydra.run.dir`` holding a run is refused untouched."""
     from nfvi.config import SAFE_NAME
 
-    for key in ("experiment", "flow.name"):
+    for key in ("name", "flow.name"):
         value = _find(args, key)
         if value is not None and not SAFE_NAME.match(value.strip("'\"")):
             fail(f"{key}={value} would put the run directory outside output_root; use letters, "

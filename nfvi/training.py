@@ -219,6 +219,11 @@ class _Window:
         return dict(zip(self.keys, means, strict=True))
 
 
+def _in_steps(epochs: float | None, per_epoch: int, steps: int) -> int:
+    """``epochs`` epochs of ``per_epoch`` updates (at least 1), or ``steps`` when not set."""
+    return steps if epochs is None or not per_epoch else max(1, round(epochs * per_epoch))
+
+
 class Loop:
     """Runs a :class:`Task` for ``trainer.max_steps`` updates in ``run_dir``."""
 
@@ -237,10 +242,17 @@ class Loop:
         self.skipped_in_a_row = 0
         # optim.lr as built; the schedule scales it each step (resume sets it from the config)
         self.base_lrs = [g["lr"] for g in task.optimizer.param_groups]
+        # warm-up, validation interval and patience in updates (epoch-based keys converted)
+        per_epoch = task.steps_per_epoch or 0
+        self.beta_steps = _in_steps(trainer.beta_epochs, per_epoch, trainer.beta_steps)
+        self.val_interval = _in_steps(trainer.val_epochs, per_epoch, trainer.val_interval)
+        self.patience = trainer.patience
+        if trainer.patience_epochs is not None and per_epoch:
+            self.patience = math.ceil(trainer.patience_epochs * per_epoch / self.val_interval)
 
     # -- schedule and limits --------------------------------------------------------------
     def beta(self, step: int) -> float:
-        return beta_at(step, self.t.beta_schedule, self.t.beta_start, self.t.beta_steps)
+        return beta_at(step, self.t.beta_schedule, self.t.beta_start, self.beta_steps)
 
     def set_lr(self, step: int) -> None:
         f = lr_factor(step, self.t.lr_schedule, self.max_steps, self.t.lr_final)
@@ -269,7 +281,7 @@ class Loop:
             "model": self.task.model.state_dict(),
             "optimizer": self.task.optimizer.state_dict(),
             "schedule": {"name": str(self.t.beta_schedule), "start": self.t.beta_start,
-                         "steps": self.t.beta_steps, "beta": self.beta(self.state.step)},
+                         "steps": self.beta_steps, "beta": self.beta(self.state.step)},
             "state": asdict(self.state),
             "rng": rng_state(),
             "task_state": self.task.state_dict(),
@@ -374,16 +386,16 @@ class Loop:
         if val.score < s.best_score:
             s.best_score, s.best_step, s.bad_validations = val.score, s.step, 0
             self.save(BEST)
-        elif annealing_done(s.step, self.t.beta_schedule, self.t.beta_start, self.t.beta_steps):
+        elif annealing_done(s.step, self.t.beta_schedule, self.t.beta_start, self.beta_steps):
             s.bad_validations += 1  # patience only counts once the objective is the true bound
         self.record("val", val.metrics, 1.0)
         log.info("step %d: validation score %.4f (best %.4f at step %d)", s.step, val.score,
                  s.best_score, s.best_step)
         self.save(LAST)  # a job killed without a signal loses at most one interval
-        if self.t.patience is not None and s.bad_validations >= self.t.patience:
+        if self.patience is not None and s.bad_validations >= self.patience:
             s.stopped_early = True
             self.console.print(f"early stop at step {s.step}: no validation improvement in "
-                               f"{self.t.patience} validations")
+                               f"{self.patience} validations")
             return True
         return False
 
@@ -410,7 +422,7 @@ class Loop:
                     self.record("train", values, beta)
                     info = "  ".join(f"{k} {v:.3f}" for k, v in values.items())
                     progress.update(bar, completed=step, info=f"{info}  beta {beta:.3f}")
-                if step % t.val_interval == 0 or last:
+                if step % self.val_interval == 0 or last:
                     self.check_finite()
                     if self.validate():
                         break

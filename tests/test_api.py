@@ -19,7 +19,7 @@ def roots(tmp_path, monkeypatch):
 
 
 def test_train_then_eval_return_the_summary_and_the_directory(roots):
-    res = nfvi.run("train", [*TINY, "experiment=api"])
+    res = nfvi.run("train", [*TINY, "name=api"])
     assert res.run_dir.parent.parent == roots / "api"
     assert res.summary == json.loads((res.run_dir / "summary.json").read_text())
     assert res.summary["K"] == 2 and res.summary["steps"] == 30

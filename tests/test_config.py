@@ -144,7 +144,7 @@ def test_validate_accepts_edge_values():
     cfg = Config()
     cfg.K = 0
     cfg.device = "cuda:1"
-    cfg.experiment = "paper_fig3-v1.2"
+    cfg.name = "paper_fig3-v1.2"
     validate(cfg)
 
 
@@ -162,8 +162,8 @@ def _set(cfg: Config, dotted: str, value) -> None:
         ("K", -1, "K=-1 is negative"),
         ("device", "tpu", "unknown device 'tpu'"),
         ("device", "cuda:", "unknown device"),
-        ("experiment", "../x", "unsafe in a path"),
-        ("experiment", "a b", "unsafe in a path"),
+        ("name", "../x", "unsafe in a path"),
+        ("name", "a b", "unsafe in a path"),
         ("flow.name", "nope", "unknown flow 'nope'; choose flow= one of .*planar"),
         ("trainer.max_steps", 0, r"trainer\.max_steps=0 must be positive"),
         ("trainer.batch_size", -5, r"trainer\.batch_size=-5 must be positive"),
@@ -193,9 +193,9 @@ def test_validate_refuses_composed_override():
 
 
 @pytest.mark.parametrize("name", ["..", "."])
-def test_validate_refuses_dot_experiment(name):
+def test_validate_refuses_dot_name(name):
     cfg = Config()
-    cfg.experiment = name
+    cfg.name = name
     with pytest.raises(ConfigError):
         validate(cfg)
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from nfvi.checkpoint import load_checkpoint
 from nfvi.config import TrainerConfig
+from nfvi.errors import ConfigError
 from nfvi.training import (
     Interrupted,
     Loop,
@@ -141,6 +142,32 @@ def test_max_epochs_limits_the_steps(tmp_path):
     state = make_loop(tmp_path, Quadratic(steps_per_epoch=7), max_epochs=3).run()
     assert state.step == 21
     assert metrics(tmp_path)[-1]["epoch"] == 3
+
+
+def test_epoch_keys_set_warm_up_validation_and_patience_in_epochs(tmp_path):
+    # 5 updates per epoch: warm-up over 2 epochs = 10 updates, validation every epoch,
+    # patience 2 epochs = 2 validations once annealing is done
+    task = Quadratic(steps_per_epoch=5, val_scores=[5.0, 4.0, 6.0, 6.0, 6.0, 6.0, 6.0])
+    loop = make_loop(tmp_path, task, max_steps=100, beta_schedule="linear", beta_steps=999,
+                     beta_epochs=2, val_epochs=1, patience=99, patience_epochs=2)
+    assert (loop.beta_steps, loop.val_interval, loop.patience) == (10, 5, 2)
+    state = loop.run()
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows if r["split"] == "val"] == [5, 10, 15, 20]
+    assert [r["beta"] for r in rows if r["split"] == "train"][:2] == pytest.approx([0.4, 0.9])
+    assert state.stopped_early and state.step == 20 and state.best_step == 10
+
+
+def test_epoch_keys_refuse_a_task_without_epochs():
+    from nfvi.config import Config, validate
+
+    cfg = Config()
+    cfg.task, cfg.trainer.beta_epochs = "energy", 2.0
+    with pytest.raises(ConfigError, match="beta_epochs.*energy task"):
+        validate(cfg)
+    cfg.task, cfg.trainer.beta_epochs, cfg.trainer.patience_epochs = "vae", None, -1.0
+    with pytest.raises(ConfigError, match="patience_epochs=-1.0 must be a positive"):
+        validate(cfg)
 
 
 def test_a_nonfinite_loss_stops_and_keeps_finite_checkpoints(tmp_path):

@@ -4,7 +4,7 @@ Grouping rule (per task, ``vae`` and ``energy`` separately, finished runs only):
 
 * Per-run noise never groups: :data:`NOISE_KEYS` (``seed`` first of all: seeds are what a group
   aggregates over; also where outputs and data live, the device, thread counts, labels such as
-  ``experiment``) and everything under ``hydra.``.
+  ``name``) and everything under ``hydra.``.
 * The task's primary keys always label a group: ``flow.name, K`` (VAE) and
   ``target.name, flow.name, K`` (energy). A constant key does not change the grouping, it only
   shows in the table.
@@ -31,7 +31,7 @@ from nfvi.errors import ConfigError
 from nfvi.report.collect import Run
 
 NOISE_KEYS = frozenset({
-    "seed", "output_root", "resume", "checkpoint", "experiment", "device",
+    "seed", "output_root", "resume", "checkpoint", "name", "device",
     "dataset.source", "dataset.data_dir", "dataset.download",
     "trainer.num_threads", "trainer.progress", "eval.chunk",
 })
@@ -45,6 +45,8 @@ METRICS = {
         ("test_nll", "test NLL"),
         ("test_neg_elbo", "test -ELBO"),
         ("test_gap", "gap -ELBO - NLL"),
+        ("test_nll_bpd", "test NLL bits/dim"),
+        ("test_neg_elbo_bpd", "test -ELBO bits/dim"),
         ("paired_d_nll", "NLL - NLL(K=0), paired ± se"),
         ("paired_d_gap", "gap - gap(K=0), paired ± se"),
         ("val_neg_elbo", "val -ELBO"),
@@ -57,6 +59,8 @@ METRICS = {
         ("wall_seconds", "wall s"),
     ),
 }
+#: columns shown only when a run has them (bits/dim: 8-bit data only)
+OPTIONAL_METRICS = frozenset({"test_nll_bpd", "test_neg_elbo_bpd"})
 TASK_ORDER = ("vae", "energy")
 
 #: short names accepted by ``--by``
@@ -110,6 +114,13 @@ class Report:
 
     def groups_of(self, task: str) -> list[Group]:
         return [g for g in self.groups if g.task == task]
+
+    def metrics(self, task: str) -> tuple[tuple[str, str], ...]:
+        """The (key, title) columns of ``task``: an optional one only when a group has it."""
+        groups = self.groups_of(task)
+        return tuple((m, title) for m, title in METRICS.get(task, ())
+                     if m not in OPTIONAL_METRICS
+                     or any(m in g.stats and g.stats[m].n for g in groups))
 
 
 # -- values ---------------------------------------------------------------------------------

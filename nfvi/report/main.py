@@ -20,7 +20,6 @@ from typing import Any
 
 from nfvi.errors import ConfigError
 from nfvi.report.aggregate import (
-    METRICS,
     Group,
     Report,
     build_report,
@@ -95,7 +94,7 @@ def _all_keys(report: Report) -> list[str]:
 def _all_metrics(report: Report) -> list[str]:
     out: list[str] = []
     for task in report.by:
-        out.extend(m for m, _ in METRICS.get(task, ()) if m not in out)
+        out.extend(m for m, _ in report.metrics(task) if m not in out)
     return out
 
 
@@ -141,7 +140,7 @@ def to_markdown(report: Report, paths: list[str], figures: list[Path]) -> str:
     ]
     for task in report.tasks():
         keys = report.by[task]
-        metrics = METRICS.get(task, ())
+        metrics = report.metrics(task)
         lines += ["", f"## {TASK_TITLES.get(task, task)}", ""]
         head = [key_title(k) for k in keys] + ["n"] + [title for _, title in metrics]
         lines.append("| " + " | ".join(head) + " |")
@@ -209,7 +208,7 @@ def _print_table(report: Report, paths: list[str], files: list[Path]) -> None:
                   "cells: mean ± sample std over seeds",
                   markup=False, soft_wrap=True)
     for task in report.tasks():
-        metrics = METRICS.get(task, ())
+        metrics = report.metrics(task)
         table = Table(title=TASK_TITLES.get(task, task))
         for k in report.by[task]:
             numeric = all(_is_number(g.value(k)) for g in report.groups_of(task))

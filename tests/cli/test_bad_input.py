@@ -23,7 +23,7 @@ def world(tmp_path_factory):
                NFVI_DATA_DIR=str(root / "no-data"))
     env.pop("NFVI_DEBUG", None)
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = nfvi("train", *TINY, "experiment=done", env=env)
+    proc = nfvi("train", *TINY, "name=done", env=env)
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(root / "outputs")
     (root / "junk.pt").write_bytes(os.urandom(4096))
@@ -60,7 +60,7 @@ CASES = [
     (["train", "trainer.patience=0"], ["trainer.patience=0", "at least 1"], 2),
     (["train", "optim.lr=inf"], ["optim.lr=inf", "finite"], 2),
     (["train", "trainer.beta_start=2"], ["trainer.beta_start"], 2),
-    (["train", "experiment=.."], ["experiment=..", "outside output_root"], 2),
+    (["train", "name=.."], ["name=..", "outside output_root"], 2),
     (["train", "flow.name=../x"], ["flow.name=../x", "outside output_root"], 2),
     (["train", "+flow.hparams.bogus=1"], ["bogus", "flow.hparams"], 2),
     (["train", "K=3", "seed=5", "hydra.run.dir={run}"], ["already holds a run"], 2),

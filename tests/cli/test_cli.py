@@ -69,7 +69,7 @@ def trained(tmp_path_factory):
     """One short training run shared by the tests that only read it."""
     tmp = tmp_path_factory.mktemp("trained")
     e = dict(os.environ, NFVI_OUTPUT_ROOT=str(tmp / "outputs"), NFVI_DATA_DIR=str(tmp / "nodata"))
-    proc = nfvi("train", *TINY, "experiment=shared", env=e)
+    proc = nfvi("train", *TINY, "name=shared", env=e)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = run_dirs(tmp / "outputs")
     return run, e, proc
@@ -136,7 +136,7 @@ def test_eval_of_a_run_directory_repeats_the_training_evaluation(trained):
 
 
 def test_multirun_gives_one_directory_per_job(env, tmp_path):
-    proc = nfvi("train", "-m", *TINY, "trainer.max_steps=10", "K=0,1", "experiment=sweep",
+    proc = nfvi("train", "-m", *TINY, "trainer.max_steps=10", "K=0,1", "name=sweep",
                 env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = run_dirs(tmp_path / "outputs")
@@ -148,11 +148,11 @@ def test_multirun_gives_one_directory_per_job(env, tmp_path):
 
 def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(env, tmp_path):
     args = [*TINY, "trainer.max_steps=400", "trainer.val_interval=50", "trainer.log_interval=10"]
-    full = nfvi("train", *args, "experiment=full", env=env)
+    full = nfvi("train", *args, "name=full", env=env)
     assert full.returncode == 0, full.stderr
 
     root = tmp_path / "outputs" / "cut"
-    proc, out, err = interrupted("train", *args, "experiment=cut", root=root, lines=6, env=env)
+    proc, out, err = interrupted("train", *args, "name=cut", root=root, lines=6, env=env)
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     assert "resume with: nfvi train resume=" in err
     (cut,) = run_dirs(root)

@@ -148,10 +148,10 @@ def test_a_full_disk_stops_in_one_line_and_resumes_after_space_is_freed(env, tmp
 
 def test_sigterm_during_the_evaluation(env, tmp_path):
     args = [*TINY, "eval.iw_samples=4000", "eval.max_examples=500"]
-    ref = nfvi("train", *args, "experiment=ref", env=env)
+    ref = nfvi("train", *args, "name=ref", env=env)
     assert ref.returncode == 0, ref.stderr
     root = tmp_path / "outputs" / "cut"
-    proc = start(["train", *args, "experiment=cut"], env)
+    proc = start(["train", *args, "name=cut"], env)
     deadline = time.time() + 120
     while time.time() < deadline:  # the last validation is logged: the evaluation runs now
         m = list(root.rglob("metrics.jsonl"))

@@ -20,10 +20,10 @@ def summary(run) -> dict:
 
 
 def test_energy_run_interrupted_with_sigterm_resumes_to_the_same_kl(env, tmp_path):
-    full = nfvi("train", *ENERGY, "experiment=full", env=env)
+    full = nfvi("train", *ENERGY, "name=full", env=env)
     assert full.returncode == 0, full.stderr
     root = tmp_path / "outputs" / "cut"
-    proc, out, err = interrupted("train", *ENERGY, "experiment=cut", root=root, lines=30,
+    proc, out, err = interrupted("train", *ENERGY, "name=cut", root=root, lines=30,
                                  env=env)
     assert proc.returncode == 143, out + err
     assert "resume with: nfvi train resume=" in err and len(err.strip().splitlines()) == 1

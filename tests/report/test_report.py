@@ -164,7 +164,7 @@ def test_cli_end_to_end(real, tmp_path):
 
 # -- synthetic runs ---------------------------------------------------------------------------
 BASE = {
-    "task": "vae", "K": 0, "device": "auto", "seed": 0, "experiment": "default",
+    "task": "vae", "K": 0, "device": "auto", "seed": 0, "name": "default",
     "output_root": "/x/outputs", "resume": None, "checkpoint": None,
     "dataset": {"name": "mnist", "source": "auto", "data_dir": "data", "download": False,
                 "binarize": "dynamic", "threshold": 0.5, "val_size": 10000, "split_seed": 0,
@@ -281,7 +281,7 @@ def test_differing_keys_group_and_implied_keys_do_not(tmp_path):
         for hidden in ([32], [64]):
             for seed in (0, 1):
                 cfg = config(K=2, seed=seed, optim__name=opt, optim__lr=lr, optim__momentum=mom,
-                             model__hidden=hidden, experiment=f"e{seed}")
+                             model__hidden=hidden, name=f"e{seed}")
                 write_run(root / f"r{i}", cfg, vae_summary(cfg, 90.0 + i, 95.0), val_curve(99))
                 i += 1
     rep = build_report(find_runs([str(root)]))
@@ -417,3 +417,23 @@ def test_paired_differences_to_k0_match_a_hand_computation(tmp_path):
     (k0,) = [g for g in rep.groups if g.value("K") == 0]
     assert k0.stats["paired_d_nll"].n == 0  # the baseline itself is not paired
     assert k8.stats["test_gap"].mean == pytest.approx(4.0)
+
+
+def test_bits_per_dim_columns_appear_only_for_runs_that_have_them(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, nll in enumerate((3000.0, 3010.0)):  # 8-bit data: summaries carry bits/dim
+        cfg = config(K=0, seed=seed, dataset__name="frey_faces")
+        s = vae_summary(cfg, nll, nll + 40)
+        s.update(test_nll_bpd=nll / (560 * math.log(2)),
+                 test_neg_elbo_bpd=(nll + 40) / (560 * math.log(2)))
+        write_run(root / f"frey{seed}", cfg, s, val_curve(nll))
+    report([str(root)], None, "markdown", str(tmp_path))
+    out = capsys.readouterr().out
+    assert "test NLL bits/dim" in out and "test -ELBO bits/dim" in out
+    bpd = [3000.0 / (560 * math.log(2)), 3010.0 / (560 * math.log(2))]
+    assert f"{statistics.mean(bpd):.4f} ± {statistics.stdev(bpd):.4f}" in out
+    binary = tmp_path / "binary"
+    cfg = config(K=0)
+    write_run(binary / "r", cfg, vae_summary(cfg, 90.0, 95.0), val_curve(90.0))
+    report([str(binary)], None, "markdown", str(tmp_path))
+    assert "bits/dim" not in capsys.readouterr().out
