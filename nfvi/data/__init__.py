@@ -1,8 +1,10 @@
-"""Data: MNIST / Fashion-MNIST loading (full IDX files or the bundled 5,000-digit subset) and
+"""Data: MNIST / Fashion-MNIST loading (full IDX files or the bundled 5,000-digit subset), the
+datasets with their own published files (Frey Faces, static MNIST, Omniglot, Caltech 101
+Silhouettes, CIFAR-10 patches; :mod:`nfvi.data.catalog` lists, fetches and imports them) and
 binarization.
 
-``load_dataset`` returns a :class:`LoadedData` with float32 ``[N, 784]`` grey levels in [0, 1];
-``binarize`` / ``fixed_binarization`` turn them into {0, 1} pixels.
+``load_dataset`` returns a :class:`LoadedData` with float32 ``[N, P]`` values in [0, 1];
+``binarize`` / ``fixed_binarization`` turn grey levels into {0, 1} pixels.
 """
 
 from nfvi.data.binarize import MODES as BINARIZE_MODES

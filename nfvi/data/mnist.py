@@ -12,6 +12,10 @@ Sources:
   apply). See ``scripts/make_bundled_mnist.py`` for provenance and licence.
 * ``auto``: ``full`` if it can be found (or downloaded), else ``bundled`` with a loud note.
 
+The datasets with their own published files (Frey Faces, static MNIST, Omniglot, Caltech 101
+Silhouettes, CIFAR-10 patches) are loaded by their modules (see ``_FILE_DATASETS``); for them
+``auto`` means ``full`` and ``download=True`` runs ``nfvi data fetch``.
+
 Nothing is cached to disk: every call reads the files.
 """
 
@@ -19,20 +23,20 @@ from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nfvi.data import frey
+from nfvi.data import caltech, cifar_patches, frey, omniglot, static_mnist
+from nfvi.data.common import LoadedData
 from nfvi.data.idx import read_idx
 from nfvi.data.store import check_recorded, record
 from nfvi.errors import DataError
 
 IMAGE_SHAPE = (1, 28, 28)
-DATASETS = ("mnist", "fashion_mnist", "frey_faces")
 SOURCES = ("auto", "full", "bundled")
 BUNDLED_FILE = "mnist_bundled.npz"
 
@@ -47,27 +51,6 @@ _IDX_FILES = {
 _TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion_mnist": ("FashionMNIST", "Fashion-MNIST")}
 
 
-@dataclass
-class LoadedData:
-    """A data set in memory, ready for training.
-
-    Images are float32 ``[N, 784]`` grey levels in [0, 1] (pixel / 255), row-major 28x28;
-    labels are int64 ``[N]`` (not used for training; handy for plots and checks).
-    """
-
-    name: str  # "mnist" | "fashion_mnist"
-    source: str  # resolved: "full" | "bundled"
-    train: torch.Tensor  # float32 [N, 784]
-    val: torch.Tensor  # float32 [Nv, 784]
-    test: torch.Tensor  # float32 [Nt, 784]
-    image_shape: tuple[int, int, int]  # (1, 28, 28)
-    note: str  # "" or a warning the caller should print (e.g. the bundled fallback)
-    location: str  # directory of the IDX files, or the bundled file's path
-    train_labels: torch.Tensor | None = None  # int64 [N]
-    val_labels: torch.Tensor | None = None  # int64 [Nv]
-    test_labels: torch.Tensor | None = None  # int64 [Nt]
-
-
 def load_dataset(
     name: str,
     source: str = "auto",
@@ -76,7 +59,7 @@ def load_dataset(
     val_size: int = 10000,
     split_seed: int = 0,
 ) -> LoadedData:
-    """Load ``name`` ("mnist" | "fashion_mnist") from ``source`` ("auto" | "full" | "bundled").
+    """Load ``name`` (one of :data:`DATASETS`) from ``source`` ("auto" | "full" | "bundled").
 
     ``val_size`` examples of the official training set, drawn with ``split_seed``, become the
     validation set (full sets only; the bundled subset has a fixed split). With
@@ -89,11 +72,8 @@ def load_dataset(
         raise DataError(f"unknown dataset '{name}'; use one of {', '.join(DATASETS)}")
     if source not in SOURCES:
         raise DataError(f"unknown dataset source '{source}'; use one of {', '.join(SOURCES)}")
-    if name == "frey_faces":  # its own file format (nfvi.data.frey)
-        if source == "bundled":
-            raise DataError("there is no bundled subset of frey_faces; use dataset.source=full "
-                            "with frey_rawface.mat in data_dir (nfvi data import frey_faces PATH)")
-        return load_frey(data_dir, split_seed)
+    if name in _FILE_DATASETS:  # each its own file format and fixed split
+        return _load_files(name, source, data_dir, download, split_seed)
     if source == "bundled":
         if name != "mnist":
             raise DataError(
@@ -127,6 +107,20 @@ def load_dataset(
         f"full-MNIST numbers. To use the full set, {_either(fixes)}."
     )
     return _load_bundled(note=note)
+
+
+def _load_files(name: str, source: str, data_dir: str, download: bool,
+                split_seed: int) -> LoadedData:
+    """A dataset of :data:`_FILE_DATASETS`; ``download`` fetches its files when missing."""
+    if source == "bundled":
+        raise DataError(f"there is no bundled subset of {name}; use dataset.source=full "
+                        f"with its files in data_dir (nfvi data import {name} PATH)")
+    if download:
+        from nfvi.data.catalog import CATALOG, fetch  # the catalog imports this module
+
+        if CATALOG[name].find(Path(data_dir)) is None:
+            fetch(name, data_dir)
+    return _FILE_DATASETS[name](data_dir, split_seed)
 
 
 def find_idx_files(name: str, data_dir: str | Path) -> dict[str, Path] | None:
@@ -280,3 +274,14 @@ def load_frey(data_dir: str, split_seed: int) -> LoadedData:
     return LoadedData(name="frey_faces", source="full", train=parts["train"], val=parts["val"],
                       test=parts["test"], image_shape=frey.IMAGE_SHAPE, note="",
                       location=str(path.parent))
+
+
+# name -> loader(data_dir, split_seed) of the datasets with their own files and fixed splits
+_FILE_DATASETS: dict[str, Callable[[str, int], LoadedData]] = {
+    "frey_faces": load_frey,
+    static_mnist.NAME: static_mnist.load,
+    omniglot.NAME: omniglot.load,
+    caltech.NAME: caltech.load,
+    cifar_patches.NAME: cifar_patches.load,
+}
+DATASETS = ("mnist", "fashion_mnist", *_FILE_DATASETS)
