@@ -66,10 +66,10 @@ def main() -> None:
             key, value = item.split("=", 1)
             OmegaConf.update(cfg_dict, key, yaml.safe_load(value), force_add=True)
     cfg = typed(cfg_dict)
-    base = FlowVAE.from_config(base_cfg, x_test.shape[1])
+    base = FlowVAE.from_config(base_cfg, x_test.shape[1], data.image_shape)
     base.load_state_dict(ckpt["model"])
     torch.manual_seed(cfg.seed + 100)
-    model = FlowVAE.from_config(cfg, x_test.shape[1])
+    model = FlowVAE.from_config(cfg, x_test.shape[1], data.image_shape)
     # the run's encoder and decoder; only the flow is new
     if a.flow != "keep":
         own = {k: v for k, v in ckpt["model"].items() if not k.startswith("flow.")}

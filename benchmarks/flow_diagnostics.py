@@ -37,7 +37,7 @@ def stats(run: Path, checkpoint: str, n: int) -> dict:
     cfg = typed(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"]))
     data = load_data(cfg, Console(quiet=True))
     x = eval_inputs(cfg, data, "val", torch.device("cpu"), n)
-    model = FlowVAE.from_config(cfg, x.shape[1])
+    model = FlowVAE.from_config(cfg, x.shape[1], data.image_shape)
     model.load_state_dict(ckpt["model"])
     torch.manual_seed(0)
     with torch.no_grad():

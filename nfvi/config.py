@@ -112,6 +112,9 @@ class FlowConfig:
     head_gain: float | None = 1.0
     # the flow acts on the standardized q0 sample eps: z_K = mu(x) + sigma(x) * f(eps)
     standardized: bool = False
+    # planar and radial stacks run as one fused pass with a hand-derived backward
+    # (nfvi/flows/fused.py; the same map to rounding); false: layer by layer through autograd
+    fused: bool = True
     # extra keyword arguments for the layer class (flow-specific hyperparameters)
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -172,6 +175,9 @@ class TrainerConfig:
 class EvalConfig:
     iw_samples: int = 200
     chunk: int = 500
+    # GiB for one pass of the IS estimate; when set, the samples per pass (chunk) are chosen
+    # from it and the model's activation size per sample (nfvi.vae.evaluate.choose_chunk)
+    memory_gb: float | None = None
     batch_size: int = 100
     split: Split = Split.test
     max_examples: int | None = None
@@ -266,6 +272,58 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")  # no leading dot: not "." or ".."
 
 
+def _validate_trainer(t: Any, task: str) -> None:
+    """``trainer.*``: positive sizes, schedules in range, epoch keys only where epochs exist."""
+    for key in ("batch_size", "max_steps", "val_interval", "log_interval", "mc_samples"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be positive")
+    if t.max_epochs is not None and t.max_epochs <= 0:
+        raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be positive or null")
+    if t.beta_steps <= 0:
+        raise ConfigError(f"trainer.beta_steps={t.beta_steps} must be positive")
+    if not 0.0 <= t.lr_final <= 1.0:
+        raise ConfigError(f"trainer.lr_final={t.lr_final} must be in [0, 1] (a fraction of "
+                          "optim.lr)")
+    if not 0.0 <= t.beta_start <= 1.0:
+        raise ConfigError(f"trainer.beta_start={t.beta_start} must be in [0, 1]")
+    for key in ("beta_epochs", "patience_epochs", "val_epochs"):
+        v = getattr(t, key)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"trainer.{key}={v} must be a positive number of epochs, or null")
+        if v is not None and task != "vae":
+            raise ConfigError(f"trainer.{key} counts epochs of a data set; the {task} task "
+                              "has none: set it to null and use the step-based key")
+    if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
+        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be a positive norm, or null "
+                          "for no clipping")
+    if t.patience is not None and t.patience < 1:
+        raise ConfigError(f"trainer.patience={t.patience} must be at least 1 validation, or "
+                          "null for no early stopping")
+
+
+def _validate_eval(e: Any) -> None:
+    """``eval.*``: positive sample counts and sizes, a positive memory budget."""
+    for key in ("iw_samples", "chunk", "batch_size", "kl_samples", "grid"):
+        if getattr(e, key) <= 0:
+            raise ConfigError(f"eval.{key}={getattr(e, key)} must be positive")
+    if e.memory_gb is not None and not (math.isfinite(e.memory_gb) and e.memory_gb > 0):
+        raise ConfigError(f"eval.memory_gb={e.memory_gb} must be a positive number of GiB, or "
+                          "null to use eval.chunk")
+    if e.max_examples is not None and e.max_examples <= 0:
+        raise ConfigError(f"eval.max_examples={e.max_examples} must be positive or null")
+
+
+def _validate_model(m: Any) -> None:
+    """``model.*``: the architecture's name (the registry's) and positive sizes."""
+    from nfvi.vae.networks import ARCHITECTURES  # torch: imported when validating, as FLOWS
+
+    if str(m.name) not in ARCHITECTURES:
+        raise ConfigError(f"unknown model {m.name!r}; choose model= one of "
+                          f"{', '.join(sorted(ARCHITECTURES))}")
+    if m.latent_dim <= 0 or any(h <= 0 for h in m.hidden) or m.maxout_pool <= 0:
+        raise ConfigError("model.latent_dim, model.hidden and model.maxout_pool must be positive")
+
+
 def validate(cfg: Any) -> None:
     """Range checks beyond types; raises :class:`ConfigError` with one line."""
     from nfvi.flows import FLOWS  # imported here: the task function may use torch, --help not
@@ -288,6 +346,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"unknown flow {cfg.flow.name!r}; choose flow= one of {', '.join(flow_names())}"
         )
+    if "fused" in (cfg.flow.hparams or {}):
+        raise ConfigError("flow.hparams.fused is not a layer hyperparameter; set flow.fused=true "
+                          "or false")
     d = cfg.dataset
     if str(d.likelihood) == "bernoulli" and str(d.binarize) == "none":
         raise ConfigError("dataset.likelihood=bernoulli needs binary pixels; set "
@@ -296,45 +357,8 @@ def validate(cfg: Any) -> None:
     if str(d.likelihood) != "bernoulli" and str(d.binarize) != "none":
         raise ConfigError(f"dataset.likelihood={d.likelihood} models grey levels, not binary "
                           "pixels; set dataset.binarize=none")
-    t = cfg.trainer
-    for key in ("batch_size", "max_steps", "val_interval", "log_interval", "mc_samples"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be positive")
-    if t.max_epochs is not None and t.max_epochs <= 0:
-        raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be positive or null")
-    if t.beta_steps <= 0:
-        raise ConfigError(f"trainer.beta_steps={t.beta_steps} must be positive")
-    if not 0.0 <= t.lr_final <= 1.0:
-        raise ConfigError(f"trainer.lr_final={t.lr_final} must be in [0, 1] (a fraction of "
-                          "optim.lr)")
-    if not 0.0 <= t.beta_start <= 1.0:
-        raise ConfigError(f"trainer.beta_start={t.beta_start} must be in [0, 1]")
-    for key in ("beta_epochs", "patience_epochs", "val_epochs"):
-        v = getattr(t, key)
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"trainer.{key}={v} must be a positive number of epochs, or null")
-        if v is not None and str(cfg.task) != "vae":
-            raise ConfigError(f"trainer.{key} counts epochs of a data set; the {cfg.task} task "
-                              "has none: set it to null and use the step-based key")
-    if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
-        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be a positive norm, or null "
-                          "for no clipping")
-    if t.patience is not None and t.patience < 1:
-        raise ConfigError(f"trainer.patience={t.patience} must be at least 1 validation, or "
-                          "null for no early stopping")
+    _validate_trainer(cfg.trainer, str(cfg.task))
     if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be a positive finite number")
-    e = cfg.eval
-    for key in ("iw_samples", "chunk", "batch_size", "kl_samples", "grid"):
-        if getattr(e, key) <= 0:
-            raise ConfigError(f"eval.{key}={getattr(e, key)} must be positive")
-    if e.max_examples is not None and e.max_examples <= 0:
-        raise ConfigError(f"eval.max_examples={e.max_examples} must be positive or null")
-    m = cfg.model
-    from nfvi.vae.networks import ARCHITECTURES  # torch, as nfvi.flows above
-
-    if str(m.name) not in ARCHITECTURES:
-        raise ConfigError(f"unknown model {m.name!r}; choose model= one of "
-                          f"{', '.join(sorted(ARCHITECTURES))}")
-    if m.latent_dim <= 0 or any(h <= 0 for h in m.hidden) or m.maxout_pool <= 0:
-        raise ConfigError("model.latent_dim, model.hidden and model.maxout_pool must be positive")
+    _validate_eval(cfg.eval)
+    _validate_model(cfg.model)

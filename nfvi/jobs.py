@@ -34,6 +34,8 @@ log = logging.getLogger("nfvi")
 TASKS = {"vae": "nfvi.vae.run", "energy": "nfvi.energy.run"}
 #: config keys a resumed or evaluated run may not change: they define the saved model
 FROZEN = ("K", "task", "flow", "model", "dataset.name", "target", "optim.name")
+#: keys under a frozen one that change how, not what, is computed (the same map to rounding)
+UNFROZEN = ("flow.fused",)
 #: config groups: ``group=option`` on a saved run would replace a whole node of its config
 GROUPS = ("dataset", "flow", "model", "optim", "trainer", "eval", "target", "logger", "task")
 #: (run directory, summary) of every job this process ran: what the Python API returns
@@ -117,7 +119,7 @@ def apply_overrides(saved: dict, overrides: list[str], keep: dict) -> Config:
                 f"evaluated run keeps; set single keys instead (e.g. {key}.<key>=...; "
                 f"nfvi train --cfg job lists them)"
             )
-        if any(key == f or key.startswith(f + ".") for f in FROZEN):
+        if key not in UNFROZEN and any(key == f or key.startswith(f + ".") for f in FROZEN):
             raise ConfigError(
                 f"{ov} would change the model of a saved run; only settings such as eval.*, "
                 "device, dataset.data_dir or trainer.max_steps can be overridden here"

@@ -24,6 +24,14 @@ def test_allowed_overrides_apply_on_top_of_the_saved_config():
     assert cfg.eval.iw_samples == 9 and cfg.resume == "/x/last.pt"
 
 
+def test_a_config_saved_before_the_rename_of_experiment_to_name_still_loads():
+    old = saved("K=3")
+    old["experiment"] = old.pop("name")
+    old["experiment"] = "i10_final"
+    cfg = apply_overrides(old, ["eval.iw_samples=9"], keep={})
+    assert cfg.name == "i10_final" and cfg.K == 3
+
+
 @pytest.mark.parametrize("override", ["K=4", "flow=planar", "flow.amortized=false",
                                       "model.latent_dim=8", "+model.hidden=[1]",
                                       "dataset.name=fashion_mnist", "task=energy",
@@ -31,6 +39,11 @@ def test_allowed_overrides_apply_on_top_of_the_saved_config():
 def test_model_defining_keys_are_refused(override):
     with pytest.raises(ConfigError, match="would change the model of a saved run"):
         apply_overrides(saved("K=3"), [override], keep={})
+
+
+def test_the_fused_switch_may_change_on_a_saved_run():
+    cfg = apply_overrides(saved("K=3"), ["flow.fused=false"], keep={})
+    assert cfg.flow.fused is False and cfg.K == 3
 
 
 def test_frozen_keys_cover_the_model():

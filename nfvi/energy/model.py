@@ -62,6 +62,7 @@ class EnergyModel(nn.Module):
         K: the number of flow layers (0: plain diagonal Gaussian).
         dim: the dimension (2 for U1-U4).
         hparams: extra keyword arguments for the flow layer class.
+        fused: run a planar or radial stack as one fused pass (:attr:`FlowStack.fused`).
     """
 
     def __init__(
@@ -71,13 +72,15 @@ class EnergyModel(nn.Module):
         K: int,
         dim: int = 2,
         hparams: Mapping[str, Any] | None = None,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         self.target = target
         self.dim = dim
         self.mean = nn.Parameter(torch.zeros(dim))
         self.log_std = nn.Parameter(torch.zeros(dim))
-        self.flow = make_flow(flow_name, dim, K, amortized=False, **dict(hparams or {}))
+        self.flow = make_flow(flow_name, dim, K, amortized=False, fused=fused,
+                              **dict(hparams or {}))
 
     @property
     def has_inverse(self) -> bool:

@@ -54,7 +54,7 @@ class EnergyTask:
             raise ConfigError(f"{e.args[0]} (target=u1|u2|u3|u4, target.envelope_std > 0)") from e
         hparams = dict(cfg.flow.hparams or {})
         self.model = EnergyModel(self.target, cfg.flow.name, cfg.K, dim=2,
-                                 hparams=hparams).to(device)
+                                 hparams=hparams, fused=cfg.flow.fused).to(device)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
 
     def describe(self) -> str:

@@ -30,7 +30,7 @@ old concatenated-input architecture with ``W_1'' h(x) + b_1`` produced by the he
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +119,17 @@ class FlowLayer(nn.Module):
         """Number of raw outside parameters one example needs for this layer."""
         return sum(math.prod(s) for s in self.param_shapes().values())
 
+    def fuse_key(self) -> Hashable | None:
+        """Layers whose keys are equal (and not None) run as one fused stack,
+        :meth:`fused_forward`; None (the default): this layer runs on its own."""
+        return None
+
+    def fused_forward(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        """A whole stack of layers sharing this layer's :meth:`fuse_key` in one pass:
+        ``params`` every layer's raw parameters stacked by name, ``[K, B|1, *shape]``;
+        returns ``(z_K [B, D], sum_k log|det df_k/dz_{k-1}| [B])``."""
+        raise NotImplementedError(f"flow {self.name!r} has no fused stack")
+
 
 class ParamSource(nn.Module):
     """Produces the raw outside parameters of every layer of a stack."""
@@ -130,6 +141,12 @@ class ParamSource(nn.Module):
     def forward(self, batch_size: int, context: Tensor | None) -> list[Params]:
         """One dict per layer; each tensor ``[B, *shape]`` or ``[1, *shape]``."""
         raise NotImplementedError
+
+    def stacked(self, batch_size: int, context: Tensor | None) -> Params:
+        """Every layer's parameters stacked by name, ``[K, B|1, *shape]`` (for layers of one
+        :meth:`~FlowLayer.param_shapes`: a fused stack)."""
+        per_layer = self(batch_size, context)
+        return {n: torch.stack([p[n] for p in per_layer]) for n in self.shapes[0]}
 
 
 class GlobalParams(ParamSource):
@@ -151,6 +168,9 @@ class GlobalParams(ParamSource):
 
     def forward(self, batch_size: int, context: Tensor | None) -> list[Params]:
         return [{n: p.unsqueeze(0) for n, p in pd.items()} for pd in self.params]
+
+    def stacked(self, batch_size: int, context: Tensor | None) -> Params:
+        return {n: torch.stack([pd[n] for pd in self.params]).unsqueeze(1) for n in self.shapes[0]}
 
 
 class AmortizedParams(ParamSource):
@@ -187,12 +207,27 @@ class AmortizedParams(ParamSource):
                     self.head.bias[offset : offset + n] = chunk.reshape(-1)
                     offset += n
 
-    def forward(self, batch_size: int, context: Tensor | None) -> list[Params]:
+    def flat(self, context: Tensor | None) -> Tensor:
+        """The head's output ``[B, sum_k num_params_k]``, layer after layer."""
         if context is None:
             raise ValueError("an amortized flow needs context of shape [B, context_dim]")
         h = context if self.norm is None else self.norm(context)
-        flat = self.head(h) if self.gain == 1.0 else torch.addmm(
-            self.head.bias, h, self.head.weight.t(), alpha=self.gain)
+        # the gain scales h (a [B, C] product) rather than the matmul (addmm's alpha), whose
+        # backward would scale the whole [C, sum_k num_params_k] weight gradient
+        return self.head(h) if self.gain == 1.0 else torch.addmm(
+            self.head.bias, h * self.gain, self.head.weight.t())
+
+    def stacked(self, batch_size: int, context: Tensor | None) -> Params:
+        # layers of one shape lie side by side in the head's output: [B, K, n] views, no copies
+        flat = self.flat(context)
+        shapes = self.shapes[0]
+        per_layer = flat.reshape(flat.shape[0], len(self.shapes), -1).transpose(0, 1)
+        parts = per_layer.split([math.prod(s) for s in shapes.values()], dim=-1)
+        return {n: t.reshape(*t.shape[:2], *s)
+                for (n, s), t in zip(shapes.items(), parts, strict=True)}
+
+    def forward(self, batch_size: int, context: Tensor | None) -> list[Params]:
+        flat = self.flat(context)
         chunks = iter(flat.split(self.sizes, dim=-1)) if self.sizes else iter(())
         out: list[Params] = []
         for shapes in self.shapes:
@@ -210,6 +245,11 @@ class FlowStack(nn.Module):
 
     ``context`` is the encoder's features ``[B, context_dim]`` in an amortized stack (then
     required), else None. With K = 0 the stack is the identity with a zero log-determinant.
+
+    ``fused`` (default True): where every layer is of one fusable kind (planar, radial: equal
+    :meth:`FlowLayer.fuse_key`), :meth:`forward` runs the whole stack as one fused pass with a
+    hand-derived backward (:mod:`nfvi.flows.fused`), the same map to rounding;
+    :attr:`uses_fused` says whether it does. False: always layer by layer.
     """
 
     def __init__(
@@ -217,11 +257,13 @@ class FlowStack(nn.Module):
         layers: list[FlowLayer],
         source: ParamSource | None,
         context_dim: int | None = None,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.source = source
         self.context_dim = context_dim  # set: amortized, forward needs context [B, context_dim]
+        self.fused = bool(fused)
 
     @property
     def amortized(self) -> bool:
@@ -235,7 +277,25 @@ class FlowStack(nn.Module):
             return [None for _ in self.layers]
         return self.source(batch_size, context)
 
+    @property
+    def fusable(self) -> bool:
+        """Whether the layers can run as one fused stack: K > 0, one parameter source and every
+        layer's :meth:`FlowLayer.fuse_key` equal and not None."""
+        if len(self.layers) == 0 or self.source is None:
+            return False
+        key = self.layers[0].fuse_key()
+        return key is not None and all(layer.fuse_key() == key for layer in self.layers)
+
+    @property
+    def uses_fused(self) -> bool:
+        """Whether :meth:`forward` takes the fused path (:attr:`fused` and :attr:`fusable`)."""
+        return self.fused and self.fusable
+
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.uses_fused:
+            if self.amortized and context is None:
+                raise ValueError("an amortized flow needs context of shape [B, context_dim]")
+            return self.layers[0].fused_forward(z, self.source.stacked(z.shape[0], context))
         params = self.layer_params(z.shape[0], context)
         log_abs_det = z.new_zeros(z.shape[0])
         for layer, p in zip(self.layers, params, strict=True):
@@ -284,6 +344,7 @@ def make_flow(
     context_dim: int | None = None,
     context_norm: bool = False,
     head_gain: float | None = 1.0,
+    fused: bool = True,
     **hparams: object,
 ) -> FlowStack:
     """Build a stack of ``K`` layers of flow ``name`` acting on ``dim`` dimensions.
@@ -292,8 +353,8 @@ def make_flow(
     and an :class:`AmortizedParams` head produces every layer's raw parameters from it;
     otherwise they are :class:`GlobalParams`. ``context_norm``: the head reads the layer-normed
     context and ``head_gain`` (None: ``1/sqrt(context_dim)``) scales how fast the head learns
-    (see :class:`AmortizedParams`).
-    Extra keyword arguments go to the layer class.
+    (see :class:`AmortizedParams`). ``fused``: run planar and radial stacks as one fused pass
+    (:attr:`FlowStack.fused`). Extra keyword arguments go to the layer class.
     """
     if name not in FLOWS:
         known = ", ".join(sorted(FLOWS))
@@ -306,8 +367,8 @@ def make_flow(
     ctx_dim = context_dim if amortized else None
     layers = [cls(dim, index=k, **hparams) for k in range(K)]
     if K == 0:
-        return FlowStack(layers, None, ctx_dim)
+        return FlowStack(layers, None, ctx_dim, fused)
     if amortized:
         source = AmortizedParams(layers, context_dim, context_norm, head_gain)
-        return FlowStack(layers, source, ctx_dim)
-    return FlowStack(layers, GlobalParams(layers), ctx_dim)
+        return FlowStack(layers, source, ctx_dim, fused)
+    return FlowStack(layers, GlobalParams(layers), ctx_dim, fused)

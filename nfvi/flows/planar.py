@@ -16,6 +16,11 @@ examples' ``w(x)`` come close to zero, and that term then throws ``z`` far away.
 
 There is no closed-form inverse (``has_inverse = False``: :meth:`inverse` raises
 :class:`~nfvi.flows.base.InverseNotAvailable`).
+
+A stack of planar layers of one set of hyperparameters runs fused by default
+(:meth:`Planar.fused_forward`, :mod:`nfvi.flows.fused`): ``u_hat`` for all layers at once in
+ordinary autograd, then one pass with a hand-derived backward. ``det_floor`` and ``centered``
+only change ``u_hat``, so every option fuses.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfvi.flows.base import FlowLayer, Params, register_flow
+from nfvi.flows.fused import planar_stack
 
 
 @register_flow("planar")
@@ -59,7 +65,8 @@ class Planar(FlowLayer):
         return {"u": (self.dim,), "w": (self.dim,), "b": (1,)}
 
     def constrained_u(self, u: Tensor, w: Tensor) -> Tensor:
-        """``u_hat`` with ``w^T u_hat = m(w^T u) > -1``; shapes ``[B, D]``."""
+        """``u_hat`` with ``w^T u_hat = m(w^T u) > -1``; shapes ``[..., D]`` (``[B, D]``, or
+        ``[K, B, D]`` for a fused stack)."""
         wu = (w * u).sum(-1, keepdim=True)
         w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         m = (1.0 - self.floor) * (F.softplus(wu + self.shift) - 1.0)
@@ -76,3 +83,13 @@ class Planar(FlowLayer):
         det = 1.0 + (1.0 - h * h) * (w * u_hat).sum(-1, keepdim=True)
         log_abs_det = det.abs().clamp_min(torch.finfo(z.dtype).tiny).log().squeeze(-1)
         return z_next, log_abs_det.expand(z.shape[0])
+
+    def fuse_key(self) -> tuple | None:
+        # a subclass may change the map: only this class's layers fuse, of equal hparams
+        if type(self) is not Planar:
+            return None
+        return ("planar", self.dim, self.shift, self.floor)
+
+    def fused_forward(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        """All K layers: ``params`` ``u, w [K, B|1, D]``, ``b [K, B|1, 1]``."""
+        return planar_stack(z, params["w"], params["u"], params["b"], self.constrained_u)

@@ -7,6 +7,10 @@
 Invertible when ``beta >= -alpha``: ``alpha = softplus(a)``, ``beta = -alpha + softplus(b)``;
 the inverse has no closed form here (``has_inverse = False``: :meth:`inverse` raises
 :class:`~nfvi.flows.base.InverseNotAvailable`).
+
+A stack of radial layers runs fused by default (:meth:`Radial.fused_forward`,
+:mod:`nfvi.flows.fused`): ``alpha, beta`` for all layers at once in ordinary autograd, then one
+pass with a hand-derived backward.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfvi.flows.base import FlowLayer, Params, register_flow
+from nfvi.flows.fused import radial_stack
 
 
 @register_flow("radial")
@@ -40,3 +45,13 @@ class Radial(FlowLayer):
         term1 = (self.dim - 1) * (1.0 + bh).abs().clamp_min(tiny).log()
         term2 = (1.0 + bh - beta * h * h * r).abs().clamp_min(tiny).log()
         return z_next, (term1 + term2).squeeze(-1).expand(z.shape[0])
+
+    def fuse_key(self) -> tuple | None:
+        # a subclass may change the map: only this class's layers fuse
+        return ("radial", self.dim) if type(self) is Radial else None
+
+    def fused_forward(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        """All K layers: ``params`` ``z0 [K, B|1, D]``, ``a, b [K, B|1, 1]``."""
+        alpha = F.softplus(params["a"])  # all layers, in autograd
+        beta = F.softplus(params["b"]) - alpha
+        return radial_stack(z, params["z0"], alpha, beta)

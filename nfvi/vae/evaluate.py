@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import resource
+import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nfvi.runtime import seeded_eval
 from nfvi.vae.model import FlowVAE
@@ -26,6 +28,11 @@ class EvalResult:
     examples: int
     iw_samples: int
     seconds: float
+    chunk: int = 0  # samples per example per pass of the IS estimate
+    #: peak memory of the evaluation in MiB: CUDA memory allocated on a GPU, else the
+    #: process's peak resident set (which includes everything loaded before)
+    peak_memory_mb: float = math.nan
+    memory_kind: str = ""
     #: per test point, in the order of the split: "neg_elbo" and "nll" (for paired comparisons)
     per_example: dict[str, list[float]] = field(default_factory=dict)
 
@@ -48,6 +55,45 @@ def negative_elbo(model: FlowVAE, x: Tensor, batch_size: int) -> tuple[Tensor, T
     )
 
 
+def activation_bytes(model: FlowVAE, x: Tensor) -> int:
+    """Bytes of the outputs of every module below ``model`` (containers aside) in one
+    ``-ELBO`` pass of the single example ``x [1, P]``: an upper bound on what one more
+    importance sample per example adds to a pass (inference frees most as it goes)."""
+    total = 0
+
+    def hook(module, args, out) -> None:
+        nonlocal total
+        outs = out if isinstance(out, tuple | list) else (out,)
+        total += sum(o.numel() * o.element_size() for o in outs if isinstance(o, Tensor))
+
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if m is not model and not isinstance(m, containers)]
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:  # on a forked RNG: the probe's noise leaves the evaluation's draws as they were
+        with torch.inference_mode(), torch.random.fork_rng(devices=devices):
+            model.elbo(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def choose_chunk(model: FlowVAE, x: Tensor, batch_size: int, samples: int,
+                 memory_gb: float) -> int:
+    """Samples per example per pass so that ``batch_size`` examples fit ``memory_gb`` GiB:
+    ``floor(memory_gb 2^30 / (batch_size * activation_bytes))``, within ``[1, samples]``."""
+    per_sample = max(1, activation_bytes(model, x[:1]))
+    return int(min(samples, max(1, (memory_gb * 2**30) // (batch_size * per_sample))))
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"
+
+
 @torch.no_grad()
 def evaluate(
     model: FlowVAE,
@@ -56,13 +102,19 @@ def evaluate(
     chunk: int,
     batch_size: int,
     seed: int,
+    memory_gb: float | None = None,
 ) -> EvalResult:
-    """-ELBO and ``-ln p(x)`` (``iw_samples`` importance samples) over binary data ``x [N, P]``.
+    """-ELBO and ``-ln p(x)`` (``iw_samples`` importance samples) over data ``x [N, P]``.
 
-    Runs under :func:`seeded_eval`.
+    Runs under :func:`seeded_eval` and ``torch.inference_mode``; with ``memory_gb`` the IS
+    passes take :func:`choose_chunk` samples per example instead of ``chunk``.
     """
     start = time.perf_counter()
-    with seeded_eval(model, x.device, seed):
+    if x.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(x.device)
+    with seeded_eval(model, x.device, seed), torch.inference_mode():
+        if memory_gb is not None:
+            chunk = choose_chunk(model, x, batch_size, iw_samples, memory_gb)
         neg_elbo, recon, kl = negative_elbo(model, x, batch_size)
         nll = torch.cat(
             [
@@ -70,6 +122,7 @@ def evaluate(
                 for i in range(0, x.shape[0], batch_size)
             ]
         )
+    peak, kind = _peak_memory(x.device)
     elbo_m, elbo_se = _mean_stderr(neg_elbo)
     nll_m, nll_se = _mean_stderr(nll)
     return EvalResult(
@@ -82,6 +135,9 @@ def evaluate(
         examples=x.shape[0],
         iw_samples=iw_samples,
         seconds=time.perf_counter() - start,
+        chunk=min(chunk, iw_samples),
+        peak_memory_mb=peak,
+        memory_kind=kind,
         per_example={"neg_elbo": neg_elbo.double().tolist(), "nll": nll.double().tolist()},
     )
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from nfvi.flows import make_flow
 from nfvi.vae.likelihoods import make_likelihood
-from nfvi.vae.networks import mlp
+from nfvi.vae.networks import NetSpec, make_architecture
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -82,8 +82,15 @@ class IWEstimate:
 
 
 class FlowVAE(nn.Module):
-    """MLP encoder/decoder with a flow posterior and a decoder distribution ``likelihood``
+    """Encoder, flow posterior and decoder, with a decoder distribution ``likelihood``
     (:mod:`nfvi.vae.likelihoods`: ``bernoulli`` logits by default).
+
+    ``architecture`` names the encoder/decoder networks (:data:`nfvi.vae.networks.ARCHITECTURES`:
+    ``mlp``, the default, with ``hidden``, ``activation`` and ``maxout_pool``; ``gated_conv``,
+    which needs ``image_shape`` ``(C, H, W)``). Every architecture sees flat images: the
+    encoder maps ``x [B, P]`` to features ``h [B, H]``, which feed q0's linear heads and, when
+    amortized, the flow's parameter head (``context_dim = H``); the decoder maps ``z [B, D]``
+    to the likelihood's parameters ``[B, P * per_pixel]``.
 
     Shapes: ``x [B, P]`` with ``P`` pixels in [0, 1] ({0, 1} for Bernoulli); latents ``[B, D]``.
     """
@@ -104,28 +111,38 @@ class FlowVAE(nn.Module):
         head_gain: float | None = 1.0,
         standardized: bool = False,
         likelihood: str = "bernoulli",
+        architecture: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.likelihood = make_likelihood(likelihood)
         self.standardized = standardized
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.min_log_var = min_log_var
-        self.encoder = mlp(data_dim, list(hidden), activation, maxout_pool)
-        feat = hidden[-1] if hidden else data_dim
+        nets = make_architecture(str(architecture), NetSpec(
+            data_dim, latent_dim, self.likelihood.per_pixel,
+            None if image_shape is None else tuple(image_shape),
+            tuple(hidden), str(activation), maxout_pool))
+        self.architecture = nets.name
+        self.decode_rows = nets.decode_rows
+        # built in this order (encoder, q0 heads, flow, decoder): a seed's initial parameters
+        self.encoder = nets.encoder()
+        feat = nets.features
         self.q_mu = nn.Linear(feat, latent_dim)
         self.q_log_var = nn.Linear(feat, latent_dim)
         self.flow = make_flow(
             flow, latent_dim, K, amortized=amortized, context_dim=feat,
             context_norm=context_norm, head_gain=head_gain, **(flow_hparams or {})
         )
-        self.decoder_body = mlp(latent_dim, list(reversed(hidden)), activation, maxout_pool)
-        self.decoder_out = nn.Linear(hidden[0] if hidden else latent_dim,
-                                     data_dim * self.likelihood.per_pixel)
+        self.decoder_body, self.decoder_out = nets.decoder()
 
     @classmethod
-    def from_config(cls, cfg, data_dim: int) -> FlowVAE:
+    def from_config(cls, cfg, data_dim: int,
+                    image_shape: tuple[int, ...] | None = None) -> FlowVAE:
+        """The model of ``cfg`` for data of ``data_dim`` pixels of ``image_shape`` ``(C, H, W)``
+        (needed by convolutional architectures)."""
         m = cfg.model
-        return cls(
+        model = cls(
             data_dim=data_dim,
             latent_dim=m.latent_dim,
             hidden=list(m.hidden),
@@ -140,7 +157,11 @@ class FlowVAE(nn.Module):
             head_gain=cfg.flow.head_gain,
             standardized=cfg.flow.standardized,
             likelihood=str(cfg.dataset.likelihood),
+            architecture=str(m.name),
+            image_shape=image_shape,
         )
+        model.flow.fused = bool(cfg.flow.fused)  # planar/radial: one fused pass (nfvi.flows.fused)
+        return model
 
     def encode(self, x: Tensor) -> Posterior:
         h = self.encoder(x)
@@ -165,8 +186,13 @@ class FlowVAE(nn.Module):
         return PosteriorSample(z0, zk, log_q0, log_det)
 
     def log_likelihood(self, x: Tensor, zk: Tensor) -> Tensor:
-        """``ln p(x|z_K)`` ``[N]`` under the decoder's likelihood."""
-        return self.likelihood.log_prob(self.decode(zk), x)
+        """``ln p(x|z_K)`` ``[N]`` under the decoder's likelihood; in slices of at most
+        ``decode_rows`` latents (the architecture's bound on a decoder call's memory)."""
+        rows = self.decode_rows
+        if rows is None or zk.shape[0] <= rows:
+            return self.likelihood.log_prob(self.decode(zk), x)
+        return torch.cat([self.likelihood.log_prob(self.decode(z), xs)
+                          for z, xs in zip(zk.split(rows), x.split(rows), strict=True)])
 
     def elbo(self, x: Tensor, beta: float = 1.0, anneal: str = "joint") -> ElboTerms:
         """One-sample free energy of a batch ``x [B, P]`` (see the module docstring).

@@ -20,6 +20,7 @@ from torch import Tensor
 from nfvi.checkpoint import load_checkpoint
 from nfvi.config import Config
 from nfvi.data import LoadedData, binarize, fixed_binarization, load_dataset
+from nfvi.errors import ConfigError
 from nfvi.optim import build_optimizer
 from nfvi.rundir import BEST, atomic_write_json, checkpoint_path, per_example_file
 from nfvi.training import Loop, StepOutput, TaskResult, Validation
@@ -27,6 +28,7 @@ from nfvi.vae.evaluate import EvalResult, evaluate, validation_neg_elbo
 from nfvi.vae.figures import draw_reconstructions, draw_samples
 from nfvi.vae.likelihoods import bits_per_dim
 from nfvi.vae.model import FlowVAE
+from nfvi.vae.networks import ShapeError
 
 log = logging.getLogger("nfvi")
 
@@ -55,6 +57,15 @@ def eval_inputs(cfg: Config, data: LoadedData, split: str, device: torch.device,
     x = fixed_binarization(raw, str(cfg.dataset.binarize), seed=cfg.seed + _SPLIT_SEED[split],
                            threshold=cfg.dataset.threshold)
     return (x if limit is None else x[:limit]).to(device)
+
+
+def build_model(cfg: Config, data: LoadedData) -> FlowVAE:
+    """The configured :class:`FlowVAE` for ``data``'s pixel count and image shape; a shape the
+    architecture cannot take is a one-line :class:`ConfigError`."""
+    try:
+        return FlowVAE.from_config(cfg, data.train.shape[1], tuple(data.image_shape))
+    except ShapeError as ex:
+        raise ConfigError(f"model={cfg.model.name} on {data.name}: {ex}") from ex
 
 
 class Batches:
@@ -98,7 +109,7 @@ class VAETask:
         self.anneal = str(cfg.trainer.anneal)
         self.train_x = self.data.train.to(device)
         self.val_x = eval_inputs(cfg, self.data, "val", device)
-        self.model = FlowVAE.from_config(cfg, self.train_x.shape[1]).to(device)
+        self.model = build_model(cfg, self.data).to(device)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
         self.batches = Batches(len(self.train_x), cfg.trainer.batch_size, cfg.seed)
         self.steps_per_epoch = self.batches.per_epoch
@@ -150,7 +161,7 @@ def test_and_draw(cfg: Config, model: FlowVAE, data: LoadedData, split: str, out
     (the fixed bits of :func:`eval_inputs`), and the two figures in ``out_dir``."""
     x = eval_inputs(cfg, data, split, device, cfg.eval.max_examples)
     res = evaluate(model, x, cfg.eval.iw_samples, cfg.eval.chunk, cfg.eval.batch_size,
-                   seed=cfg.eval.seed)
+                   seed=cfg.eval.seed, memory_gb=cfg.eval.memory_gb)
     figures = {"samples": out_dir / "samples.png",
                "reconstructions": out_dir / "reconstructions.png"}
     draw_samples(model, data.image_shape, figures["samples"], seed=cfg.seed)
@@ -170,7 +181,8 @@ def split_results(split: str, res: EvalResult, pixels: int | None = None) -> dic
            f"{split}_recon": res.recon, f"{split}_kl": res.kl,
            f"{split}_gap": res.neg_elbo - res.nll,
            f"{split}_examples": res.examples, "iw_samples": res.iw_samples,
-           "eval_seconds": res.seconds}
+           "eval_seconds": res.seconds, "eval_chunk": res.chunk,
+           "eval_peak_memory_mb": res.peak_memory_mb, "eval_memory_kind": res.memory_kind}
     if pixels is not None:
         out[f"{split}_neg_elbo_bpd"] = bits_per_dim(res.neg_elbo, pixels)
         out[f"{split}_nll_bpd"] = bits_per_dim(res.nll, pixels)
@@ -189,7 +201,7 @@ def evaluate_checkpoint(cfg: Config, ckpt: dict, ckpt_path: Path, out_dir: Path,
     if trained_on not in (None, data.source):
         console.print(f"[bold yellow]WARNING:[/] the run trained on the {trained_on} data but "
                       f"{data.source} data is evaluated now")
-    model = FlowVAE.from_config(cfg, data.train.shape[1]).to(device)
+    model = build_model(cfg, data).to(device)
     model.load_state_dict(ckpt["model"])
     split = str(cfg.eval.split)
     console.print(f"evaluating {ckpt_path} on the {split} split, S={cfg.eval.iw_samples}, "

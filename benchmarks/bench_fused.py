@@ -1,0 +1,197 @@
+"""Fused against layer-by-layer planar stacks in the default flow VAE, and the matmul roofline.
+
+Prints a markdown table: the training step time (forward + backward + Adam step, batch 100,
+random binary data of the bundled size, 784 pixels) of the default model (784-400-400 maxout,
+40 latents, amortized planar flows with ``flow=planar``'s shipped settings) for K = 0, 10, 80,
+fused (``flow.fused=true``, the default) and not; the importance-weighted NLL's seconds per
+test point at S = 5000 for K = 0 and 80; and each against its matmul roofline: the time the
+model's matmul FLOPs would take at the matmul rate measured in the same run (one large square
+matmul). FLOPs are counted by hooks on every ``nn.Linear`` (``2 * rows * in * out`` forward;
+a training step is forward + backward = 3x that, the backward being twice the forward); all
+else -- the flow's own layers, activations, the optimizer -- counts as zero, so step/roofline
+is how far a step is from being all matmul at the machine's best rate.
+
+    python benchmarks/bench_fused.py [--device cpu|cuda] [--threads N] [--steps 20]
+        [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80]
+
+One process, one device: compare ratios within a run (shared machines are noisy). Fused and
+layer-by-layer models (same seed, same weights) are timed in alternating rounds, the fastest
+round each for the training step; the IS NLL alternates per group of 10 points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from nfvi.vae.model import FlowVAE
+
+BATCH, PIXELS, P_ON = 100, 784, 0.13
+
+
+def shipped_model(K: int, fused: bool) -> FlowVAE:
+    """The default model with ``flow=planar``'s shipped settings (centered, head gain auto)."""
+    model = FlowVAE(PIXELS, 40, [400, 400], "maxout", 4, "planar", K, True,
+                    flow_hparams={"centered": True}, head_gain=None)
+    model.flow.fused = fused
+    return model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 3) -> float:
+    """Seconds per call of ``fn``, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
+def paired(fns: dict[bool, Callable[[], object]], device: torch.device, rounds: int, reps: int
+           ) -> dict[bool, float]:
+    """Seconds per call of each ``fns[fused]``, the two timed in alternating rounds of ``reps``
+    calls (so a shared machine's drifts hit both alike); the fastest round of each."""
+    best = {k: float("inf") for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            best[k] = min(best[k], timed(fn, device, reps, warmup=0))
+    return best
+
+
+def matmul_rate(device: torch.device, n: int) -> float:
+    """FLOP/s of one ``[n, n] @ [n, n]`` float32 matmul (2 n^3 FLOPs), the fastest of 5 rounds."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    reps = 1 if device.type == "cpu" else 20
+    best = min(timed(lambda: torch.mm(a, b), device, reps, warmup=1) for _ in range(5))
+    return 2.0 * n**3 / best
+
+
+def linear_flops(model: FlowVAE, fn: Callable[[], object]) -> float:
+    """Forward matmul FLOPs of one call of ``fn``: ``2 * rows * in * out`` per ``nn.Linear``,
+    the flow's parameter head included (it runs as an ``addmm`` of its weight, not a call)."""
+    total = [0.0]
+    head = getattr(model.flow.source, "head", None)
+
+    def linear(mod: nn.Linear, inputs, _output) -> None:
+        total[0] += 2.0 * inputs[0].numel() * mod.out_features
+
+    def flow(_mod: nn.Module, inputs) -> None:
+        if head is not None:
+            total[0] += 2.0 * inputs[0].shape[0] * head.in_features * head.out_features
+
+    handles = [m.register_forward_hook(linear) for m in model.modules()
+               if isinstance(m, nn.Linear) and m is not head]
+    handles.append(model.flow.register_forward_pre_hook(flow))
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def train_steps(K: int, device: torch.device, steps: int) -> tuple[dict[bool, float], float]:
+    """({fused: seconds per training step}, its matmul FLOPs: 3x the forward's)."""
+    x = torch.bernoulli(torch.full((BATCH, PIXELS), P_ON, device=device))
+    fns = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = shipped_model(K, fused).to(device)
+        assert model.flow.uses_fused == (fused and K > 0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(model: FlowVAE = model, opt: torch.optim.Optimizer = opt) -> None:
+            loss = model.elbo(x, beta=0.5).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        fns[fused] = step
+    flops = 3.0 * linear_flops(model, lambda: model.elbo(x, beta=0.5))
+    rounds = 4
+    return paired(fns, device, rounds, max(1, steps // rounds)), flops
+
+
+def iw_points(K: int, device: torch.device, points: int, samples: int
+              ) -> tuple[dict[bool, float], float]:
+    """({fused: seconds of ``iw_nll`` per test point at ``samples`` samples}, matmul FLOPs per
+    point); groups of (up to) 10 points, fused and not in turn."""
+    x = torch.bernoulli(torch.full((points, PIXELS), P_ON, device=device))
+    chunk = 500 if device.type == "cpu" else 5000
+    group = min(points, 10)
+    models = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        models[fused] = shipped_model(K, fused).to(device).eval()
+        models[fused].iw_nll(x[:1], 100, chunk)  # warm-up
+    total = {False: 0.0, True: 0.0}
+    for i in range(0, points, group):
+        for fused, model in models.items():
+            total[fused] += timed(lambda m=model, i=i: m.iw_nll(x[i : i + group], samples, chunk),
+                                  device, 1, warmup=0)
+    model = models[True]
+    flops = linear_flops(model, lambda: model.iw_nll(x[:group], samples, chunk)) / group
+    return {k: t / points for k, t in total.items()}, flops
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--iw-points", type=int, default=10)
+    ap.add_argument("--iw-samples", type=int, default=5000)
+    ap.add_argument("--K", type=int, nargs="+", default=[0, 10, 80])
+    ap.add_argument("--iw-K", type=int, nargs="*", default=[0, 80])
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
+
+    rate = matmul_rate(device, args.matmul_n)
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {what}; float32 matmul rate "
+          f"{rate / 1e9:.1f} GFLOP/s ({args.matmul_n}^3); batch {BATCH}, "
+          f"{args.steps} steps, IS S={args.iw_samples} over {args.iw_points} points\n")
+    print("| K | path | step ms | step roofline ms | step/roofline | speed-up "
+          "| IS s/point | IS roofline s/point | IS/roofline | IS speed-up |")
+    print("|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for K in args.K:
+        steps, flops = train_steps(K, device, args.steps)
+        roof = flops / rate
+        iw = iw_roof = None
+        if K in args.iw_K:
+            iw, iw_flops = iw_points(K, device, args.iw_points, args.iw_samples)
+            iw_roof = iw_flops / rate
+        for fused in (False, True):
+            step = steps[fused]
+            label = "fused" if fused else "layer by layer"
+            speed = f"{steps[False] / step:.2f}x" if fused else ""
+            iw_cells = ["", "", "", ""] if iw is None else [
+                f"{iw[fused]:.3f}", f"{iw_roof:.3f}", f"{iw[fused] / iw_roof:.1f}",
+                f"{iw[False] / iw[fused]:.2f}x" if fused else ""]
+            print(f"| {K} | {label} | {step * 1e3:.1f} | {roof * 1e3:.1f} | {step / roof:.1f} "
+                  f"| {speed} | " + " | ".join(iw_cells) + " |", flush=True)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The fused planar and radial stacks (nfvi.flows.fused) against the layer-by-layer ones.
+
+Same stack, same parameters, ``fused`` switched: outputs, log-determinants and every gradient
+(z, each flow parameter, the amortized head and its context) agree to 1e-10 in float64; the
+Functions pass gradcheck; the fused path is the default, in the VAE and the energy task too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nfvi.config import Config
+from nfvi.energy import TARGETS, EnergyModel
+from nfvi.flows import FlowStack, GlobalParams, make_flow
+from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction
+from nfvi.flows.planar import Planar
+from nfvi.flows.radial import Radial
+from nfvi.vae.model import FlowVAE
+
+F64 = torch.float64
+DIM, CONTEXT, BATCH = 4, 6, 7
+TOL = dict(rtol=1e-10, atol=1e-10)
+KINDS = [
+    pytest.param("planar", {}, id="planar"),
+    pytest.param("planar", {"centered": True}, id="planar-centered"),
+    pytest.param("planar", {"centered": True, "det_floor": 0.3, "w_init_std": 0.5},
+                 id="planar-floor"),
+    pytest.param("radial", {}, id="radial"),
+]
+MODES = [pytest.param(False, id="global"), pytest.param(True, id="amortized")]
+
+
+def randomized(name: str, K: int, amortized: bool, scale: float, **hparams) -> FlowStack:
+    torch.manual_seed(0)
+    flow = make_flow(name, DIM, K, amortized=amortized, context_dim=CONTEXT, **hparams).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0.0, scale)
+    return flow
+
+
+def run(flow: FlowStack, fused: bool, amortized: bool, use_ld: bool = True, use_z: bool = True):
+    """Outputs and the gradients of a loss using both (or one) of them."""
+    gen = torch.Generator().manual_seed(1)
+    z = (torch.randn(BATCH, DIM, generator=gen, dtype=F64) * 2).requires_grad_()
+    ctx = torch.randn(BATCH, CONTEXT, generator=gen, dtype=F64).requires_grad_() if amortized \
+        else None
+    wz = torch.randn(BATCH, DIM, generator=gen, dtype=F64)
+    wl = torch.randn(BATCH, generator=gen, dtype=F64)
+    flow.fused = fused
+    assert flow.uses_fused == fused
+    z_k, ld = flow(z, ctx)
+    loss = z.new_zeros(())
+    if use_z:
+        loss = loss + (z_k * wz).sum() + 0.1 * (z_k * z_k).sum()
+    if use_ld:
+        loss = loss + (ld * wl).sum()
+    inputs = [z] + ([ctx] if amortized else []) + list(flow.parameters())
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+    names = ["z"] + (["context"] if amortized else []) + [n for n, _ in flow.named_parameters()]
+    return z_k.detach(), ld.detach(), dict(zip(names, grads, strict=True)), z_k.grad_fn.name()
+
+
+@pytest.mark.parametrize("name, hparams", KINDS)
+@pytest.mark.parametrize("amortized", MODES)
+@pytest.mark.parametrize("K", [1, 3, 10])
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_fused_equals_layer_by_layer(name, hparams, amortized, K, scale):
+    flow = randomized(name, K, amortized, scale, **hparams)
+    zf, ldf, gf, fn_fused = run(flow, True, amortized)
+    zu, ldu, gu, fn_plain = run(flow, False, amortized)
+    assert fn_fused == f"{name.capitalize()}StackFunctionBackward"
+    assert "StackFunction" not in fn_plain
+    torch.testing.assert_close(zf, zu, **TOL)
+    torch.testing.assert_close(ldf, ldu, **TOL)
+    assert gf.keys() == gu.keys() and len(gf) > 1
+    if amortized:
+        assert "source.head.weight" in gf and "context" in gf
+    for key in gf:
+        torch.testing.assert_close(gf[key], gu[key], **TOL, msg=lambda m, key=key: f"{key}: {m}")
+        if scale < 1.0:  # at scale 2 a saturated tanh leaves some gradients exactly zero
+            assert gf[key].abs().sum() > 0, key
+
+
+@pytest.mark.parametrize("name, hparams", KINDS[::3])
+@pytest.mark.parametrize("amortized", MODES)
+@pytest.mark.parametrize("use", ["z", "log_det"])
+def test_one_output_unused(name, hparams, amortized, use):
+    """The backward gets a zero (materialized) gradient for the output the loss ignores."""
+    flow = randomized(name, 3, amortized, 0.7, **hparams)
+    kw = dict(use_z=use == "z", use_ld=use == "log_det")
+    _, _, gf, _ = run(flow, True, amortized, **kw)
+    _, _, gu, _ = run(flow, False, amortized, **kw)
+    for key in gf:
+        torch.testing.assert_close(gf[key], gu[key], **TOL)
+
+
+@pytest.mark.parametrize("name, hparams", KINDS[::3])
+@pytest.mark.parametrize("amortized", MODES)
+def test_without_a_graph_the_lean_loop_gives_the_same_values(name, hparams, amortized):
+    flow = randomized(name, 10, amortized, 1.0, **hparams)
+    z = torch.randn(50, DIM, dtype=F64)
+    ctx = torch.randn(50, CONTEXT, dtype=F64) if amortized else None
+    with torch.no_grad():
+        fused = flow(z, ctx)
+        flow.fused = False
+        plain = flow(z, ctx)
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert fused[0].grad_fn is None
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-example", "shared"])
+def test_planar_function_gradcheck(shared):
+    gen = torch.Generator().manual_seed(0)
+    K, B, D = 3, 4, 3
+    P = 1 if shared else B
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=F64) * scale).requires_grad_()
+
+    args = (rnd(B, D), rnd(K, P, D), rnd(K, P, D, scale=0.4), rnd(K, P, 1))
+    assert torch.autograd.gradcheck(lambda *a: PlanarStackFunction.apply(*a)[:2], args)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-example", "shared"])
+def test_radial_function_gradcheck(shared):
+    gen = torch.Generator().manual_seed(0)
+    K, B, D = 3, 4, 3
+    P = 1 if shared else B
+    z = torch.randn(B, D, generator=gen, dtype=F64).requires_grad_()
+    c = torch.randn(K, P, D, generator=gen, dtype=F64).requires_grad_()
+    alpha = (torch.rand(K, P, 1, generator=gen, dtype=F64) + 0.2).requires_grad_()
+    beta = (torch.rand(K, P, 1, generator=gen, dtype=F64) * 2 - 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: RadialStackFunction.apply(*a)[:2],
+                                    (z, c, alpha, beta))
+
+
+def test_the_fused_path_is_the_default_and_can_be_switched_off():
+    for name in ("planar", "radial"):
+        flow = make_flow(name, DIM, 3)
+        assert flow.fused and flow.fusable and flow.uses_fused
+        z_k, _ = flow(torch.randn(2, DIM))
+        assert z_k.grad_fn.name() == f"{name.capitalize()}StackFunctionBackward"
+        off = make_flow(name, DIM, 3, fused=False)
+        assert off.fusable and not off.uses_fused
+        assert "StackFunction" not in off(torch.randn(2, DIM))[0].grad_fn.name()
+
+
+def test_only_stacks_of_one_fusable_kind_fuse():
+    assert not make_flow("householder", DIM, 3).uses_fused
+    assert not make_flow("planar", DIM, 0).uses_fused  # K = 0: the identity, nothing to fuse
+    mixed = [Planar(DIM, 0), Radial(DIM, 1)]
+    assert not FlowStack(mixed, GlobalParams(mixed)).uses_fused
+    unequal = [Planar(DIM, 0), Planar(DIM, 1, centered=True)]
+    assert not FlowStack(unequal, GlobalParams(unequal)).uses_fused
+    same = [Planar(DIM, 0, centered=True), Planar(DIM, 1, centered=True)]
+    assert FlowStack(same, GlobalParams(same)).uses_fused
+
+    class Custom(Planar):  # a subclass may change the map: it runs layer by layer
+        pass
+
+    custom = [Custom(DIM, 0), Custom(DIM, 1)]
+    assert not FlowStack(custom, GlobalParams(custom)).uses_fused
+
+
+@pytest.mark.parametrize("name", ["planar", "radial"])
+def test_the_energy_task_uses_the_fused_path(name):
+    model = EnergyModel(TARGETS["u2"], name, K=4).double()
+    assert model.flow.uses_fused
+    s = model.sample(8)
+    assert s.z_K.grad_fn.name() == f"{name.capitalize()}StackFunctionBackward"
+    assert not EnergyModel(TARGETS["u2"], name, K=4, fused=False).flow.uses_fused
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_vae_reads_flow_fused_from_the_config(fused):
+    cfg = Config()
+    cfg.K = 2
+    cfg.flow.fused = fused
+    model = FlowVAE.from_config(cfg, 12)
+    assert model.flow.uses_fused == fused
+    post = model.encode(torch.rand(3, 12))
+    name = model.sample_posterior(post).zk.grad_fn.name()
+    assert ("PlanarStackFunction" in name) == fused
+
+
+def test_float32_gradients_stay_close():
+    """float32 (training's dtype): the two paths agree to float32 rounding."""
+    flow = randomized("planar", 10, True, 0.5, centered=True).float()
+    z = torch.randn(BATCH, DIM, requires_grad=True)
+    ctx = torch.randn(BATCH, CONTEXT)
+    outs = []
+    for fused in (True, False):
+        flow.fused = fused
+        z_k, ld = flow(z, ctx)
+        outs.append(torch.autograd.grad(z_k.sum() + ld.sum(), [z, *flow.parameters()]))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_config_refuses_fused_as_a_layer_hyperparameter():
+    from nfvi.config import validate
+    from nfvi.errors import ConfigError
+
+    cfg = Config()
+    validate(cfg)
+    cfg.flow.hparams = {"fused": False}
+    with pytest.raises(ConfigError, match="flow.fused"):
+        validate(cfg)
+
+
+def test_no_silent_double_backward():
+    flow = make_flow("planar", DIM, 2).double()
+    z = torch.randn(3, DIM, dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(flow(z)[1].sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
