@@ -103,7 +103,7 @@ def data_list(data_dir: DataDir = None) -> None:
         from nfvi.data.catalog import listing
 
         for r in listing(_data_dir(data_dir)):
-            typer.echo(f"{r['dataset']:<14} {r['status']:<8} {r['where']}  ({r['files']}; "
+            typer.echo(f"{r['dataset']:<20} {r['status']:<8} {r['where']}  ({r['files']}; "
                        f"{r['source']})")
 
 
@@ -119,14 +119,21 @@ def data_fetch(name: str, data_dir: DataDir = None) -> None:
 
 
 @data_app.command("import")
-def data_import(name: str, path: Path, data_dir: DataDir = None) -> None:
-    """Use a file you already have: verify PATH as NAME's file and copy it to the data dir."""
+def data_import(
+    name: str,
+    paths: Annotated[list[Path], typer.Argument(
+        help="The file, or for a dataset of several files (static_mnist) the files or the "
+             "directory holding them.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Use files you already have: verify PATH... as NAME's files and copy them to the data
+    dir."""
     from nfvi.errors import guard
 
     with guard():
         from nfvi.data.catalog import import_file
 
-        typer.echo(f"stored {import_file(name, path, _data_dir(data_dir))}")
+        typer.echo(f"stored {import_file(name, paths, _data_dir(data_dir))}")
 
 
 def main() -> None:

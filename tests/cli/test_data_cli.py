@@ -33,14 +33,14 @@ def test_import_list_and_train_on_frey_faces(tmp_path, env):
     src = tmp_path / "elsewhere" / "frey_rawface.mat"
     write_frey(src)
     listed = nfvi("data", "list", env=env)
-    assert listed.returncode == 0 and "frey_faces     missing" in listed.stdout
+    assert listed.returncode == 0 and "frey_faces           missing" in listed.stdout
     imp = nfvi("data", "import", "frey_faces", str(src), env=env)
     assert imp.returncode == 0, imp.stderr
     stored = tmp_path / "data" / "frey_faces" / "frey_rawface.mat"
     assert stored.read_bytes() == src.read_bytes()
     assert stored.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # follows the umask
     assert "frey_rawface.mat" in (tmp_path / "data" / "checksums.json").read_text()
-    assert "frey_faces     present" in nfvi("data", "list", env=env).stdout
+    assert "frey_faces           present" in nfvi("data", "list", env=env).stdout
 
     args = [a for a in TINY if not a.startswith("trainer.max_steps")]
     proc = nfvi("train", "dataset=frey_faces", *args, "trainer.max_steps=20", env=env)

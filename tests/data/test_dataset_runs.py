@@ -1,7 +1,7 @@
-"""The four file datasets through the real CLI (the ``nfvi`` Typer app, in this process via
+"""The file datasets through the real CLI (the ``nfvi`` Typer app, in this process via
 Typer's runner: a new process would spend most of the 10 s budget importing torch): a 20-step
-training run on each (tiny files in the published formats), ``nfvi data import | list`` for
-the multi-file static MNIST, and ``nfvi data fetch`` offline.
+training run on each with each model (tiny files in the published formats),
+``nfvi data import | list`` for the multi-file static MNIST, and ``nfvi data fetch`` offline.
 
 The published files hold 8k-70k images; the tiny fixtures differ from them only in the counts,
 so each test first sets the module constants that hold the published counts.
@@ -24,6 +24,7 @@ from nfvi.data import catalog
 from tests.cli.test_cli import TINY, assert_one_line_error, run_dirs
 from tests.data.test_caltech_silhouettes import write_caltech
 from tests.data.test_cifar10_patches import write_cifar
+from tests.data.test_frey import write_frey
 from tests.data.test_omniglot import write_chardata
 from tests.data.test_static_mnist import write_static
 
@@ -33,6 +34,7 @@ COUNTS = {
                               "N_VAL": 10}},
     "caltech_silhouettes": {"caltech": {"COUNTS": {"train": 40, "val": 10, "test": 10}}},
     "cifar10_patches": {"cifar_patches": {"RECORDS": 10}},
+    "frey_faces": {},  # the real size (1,965 frames of 560 bytes) is small enough
 }
 
 
@@ -46,6 +48,9 @@ def write_tiny(name: str, data_dir) -> None:
     elif name == "caltech_silhouettes":
         write_caltech(folder / "caltech101_silhouettes_28_split1.mat",
                       COUNTS[name]["caltech"]["COUNTS"])
+    elif name == "frey_faces":
+        folder.mkdir(parents=True)
+        write_frey(folder / "frey_rawface.mat")
     else:
         write_cifar(folder / "cifar-10-binary.tar.gz", records=10)
 
@@ -76,18 +81,21 @@ def env(tmp_path, monkeypatch):
         monkeypatch.delenv(k, raising=False)
 
 
+@pytest.mark.parametrize("model", ["mlp", "gated_conv"])
 @pytest.mark.parametrize("name", list(COUNTS))
-def test_twenty_training_steps_through_the_cli(tmp_path, env, tiny_counts, name):
+def test_twenty_training_steps_through_the_cli(tmp_path, env, tiny_counts, name, model):
     tiny_counts(name)
     data = tmp_path / "elsewhere"
     write_tiny(name, data)
-    args = [a for a in TINY if not a.startswith("trainer.max_steps")]
-    proc = nfvi("train", f"dataset={name}", f"dataset.data_dir={data}", "model=mlp", *args,
-                "trainer.max_steps=20", "trainer.batch_size=20")
+    args = [a for a in TINY if not a.startswith(("trainer.max_steps", "eval.max_examples"))]
+    proc = nfvi("train", f"dataset={name}", f"dataset.data_dir={data}", f"model={model}",
+                *args, "trainer.max_steps=20", "trainer.batch_size=20", "eval.max_examples=10",
+                "eval.batch_size=10")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = run_dirs(tmp_path / "outputs")
     s = json.loads((run / "summary.json").read_text())
-    assert s["steps"] == 20 and s["dataset"] == name
+    assert s["steps"] == 20 and s["dataset"] == name and s["test_examples"] == 10
+    assert f"name: {model}" in (run / "config.yaml").read_text()
     assert math.isfinite(s["test_nll"]) and math.isfinite(s["test_neg_elbo"])
     if name != "cifar10_patches":  # binary pixels: a probability, so a positive NLL
         assert s["test_nll"] > 0
@@ -108,6 +116,18 @@ def test_import_a_directory_then_list_shows_it_present(tmp_path, env, tiny_count
     assert f"stored {tmp_path / 'data' / 'static_mnist'}" in imp.stdout
     listed = nfvi("data", "list").stdout
     assert any(ln.startswith("static_mnist") and " present " in ln for ln in listed.splitlines())
+
+
+def test_import_takes_the_three_files_by_name(tmp_path, env, tiny_counts):
+    tiny_counts("static_mnist")
+    src = tmp_path / "downloads"
+    write_tiny("static_mnist", src)
+    files = sorted(str(p) for p in (src / "static_mnist").glob("*.amat"))
+    assert len(files) == 3
+    imp = nfvi("data", "import", "static_mnist", *files)
+    assert imp.returncode == 0, imp.stderr
+    assert sorted(p.name for p in (tmp_path / "data" / "static_mnist").glob("*.amat")) == [
+        "binarized_mnist_test.amat", "binarized_mnist_train.amat", "binarized_mnist_valid.amat"]
 
 
 def test_import_of_a_wrong_file_is_one_line(tmp_path, env):
