@@ -291,17 +291,48 @@ class FlowStack(nn.Module):
         """Whether :meth:`forward` takes the fused path (:attr:`fused` and :attr:`fusable`)."""
         return self.fused and self.fusable
 
-    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Tensor | None = None,
+                repeat: int = 1) -> tuple[Tensor, Tensor]:
+        """``repeat = n > 1``: ``z`` holds ``n`` samples of each of the ``B`` contexts,
+        sample-major (row ``s B + b`` belongs to ``context[b]``, as ``context.repeat(n, 1)``
+        would lay it out). The amortized parameters are then computed once per context and
+        tiled, not recomputed per sample: the same map, without ``n`` times the head's
+        matmul (the importance-weighted NLL's ``S`` samples)."""
+        if repeat > 1 and self.amortized and not torch.is_grad_enabled() and all(
+                getattr(layer, "broadcasts_batch", False) for layer in self.layers):
+            return self._broadcast_forward(z, context, repeat)
         if self.uses_fused:
             if self.amortized and context is None:
                 raise ValueError("an amortized flow needs context of shape [B, context_dim]")
-            return self.layers[0].fused_forward(z, self.source.stacked(z.shape[0], context))
-        params = self.layer_params(z.shape[0], context)
+            stacked = self.source.stacked(z.shape[0] // repeat, context)
+            if repeat > 1 and self.amortized:
+                stacked = {n: t.repeat(1, repeat, *([1] * (t.dim() - 2)))
+                           for n, t in stacked.items()}
+            return self.layers[0].fused_forward(z, stacked)
+        params = self.layer_params(z.shape[0] // repeat, context)
+        if repeat > 1 and self.amortized:
+            params = [None if p is None else
+                      {n: t.repeat(repeat, *([1] * (t.dim() - 1))) for n, t in p.items()}
+                      for p in params]
         log_abs_det = z.new_zeros(z.shape[0])
         for layer, p in zip(self.layers, params, strict=True):
             z, ld = layer(z, p)
             log_abs_det = log_abs_det + ld
         return z, log_abs_det
+
+    def _broadcast_forward(self, z: Tensor, context: Tensor | None,
+                           repeat: int) -> tuple[Tensor, Tensor]:
+        """Without a graph, layers that broadcast (planar, radial) take ``z`` as ``[n, B, D]``
+        and each layer's ``[B, ...]`` parameters as they are: no tiled copies, and per-layer
+        work such as planar's ``u_hat`` done once per context, not once per sample."""
+        batch = z.shape[0] // repeat
+        params = self.layer_params(batch, context)
+        zz = z.reshape(repeat, batch, *z.shape[1:])
+        log_abs_det = z.new_zeros(repeat, batch)
+        for layer, p in zip(self.layers, params, strict=True):
+            zz, ld = layer(zz, p)
+            log_abs_det = log_abs_det + ld
+        return zz.reshape(z.shape), log_abs_det.reshape(-1)
 
     def inverse(self, z_k: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Invert the whole stack, last layer first (only when :attr:`has_inverse`)."""

@@ -45,6 +45,9 @@ class Planar(FlowLayer):
     ``det = 1 + h'(a) w^T u_hat > d`` (no log-determinant singularity to fall into).
     """
 
+    # forward broadcasts over extra leading batch dims: z [n, B, D] with params [B|1, ...]
+    broadcasts_batch = True
+
     def __init__(self, dim: int, index: int = 0, *, centered: bool = False,
                  w_init_std: float | None = None, det_floor: float = 0.0) -> None:
         super().__init__(dim, index)
@@ -82,7 +85,7 @@ class Planar(FlowLayer):
         # h'(a) = 1 - tanh(a)^2; det = 1 + h'(a) w^T u_hat >= 0 by construction
         det = 1.0 + (1.0 - h * h) * (w * u_hat).sum(-1, keepdim=True)
         log_abs_det = det.abs().clamp_min(torch.finfo(z.dtype).tiny).log().squeeze(-1)
-        return z_next, log_abs_det.expand(z.shape[0])
+        return z_next, log_abs_det.expand(z.shape[:-1])  # [B] (or [n, B]: FlowStack repeat)
 
     def fuse_key(self) -> tuple | None:
         # a subclass may change the map: only this class's layers fuse, of equal hparams

@@ -27,6 +27,9 @@ from nfvi.flows.fused import radial_stack
 class Radial(FlowLayer):
     """Raw parameters per example: ``z0 [D]``, ``a [1]``, ``b [1]``."""
 
+    # forward broadcasts over extra leading batch dims: z [n, B, D] with params [B|1, ...]
+    broadcasts_batch = True
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"z0": (self.dim,), "a": (1,), "b": (1,)}
 
@@ -44,7 +47,7 @@ class Radial(FlowLayer):
         tiny = torch.finfo(z.dtype).tiny
         term1 = (self.dim - 1) * (1.0 + bh).abs().clamp_min(tiny).log()
         term2 = (1.0 + bh - beta * h * h * r).abs().clamp_min(tiny).log()
-        return z_next, (term1 + term2).squeeze(-1).expand(z.shape[0])
+        return z_next, (term1 + term2).squeeze(-1).expand(z.shape[:-1])
 
     def fuse_key(self) -> tuple | None:
         # a subclass may change the map: only this class's layers fuse

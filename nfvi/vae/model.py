@@ -172,17 +172,19 @@ class FlowVAE(nn.Module):
         """The likelihood's parameters ``[N, P * per_pixel]`` for latents ``[N, D]``."""
         return self.decoder_out(self.decoder_body(z))
 
-    def sample_posterior(self, post: Posterior) -> PosteriorSample:
-        """One reparameterized sample per row of ``post``."""
+    def sample_posterior(self, post: Posterior, repeat: int = 1) -> PosteriorSample:
+        """One reparameterized sample per row of ``post``; with ``repeat = n``, ``post.mu``
+        and ``post.log_var`` hold ``n`` sample-major copies of ``post.features``' B rows
+        (the flow's amortized parameters are then computed once per row: FlowStack)."""
         eps = torch.randn_like(post.mu)
         sigma = torch.exp(0.5 * post.log_var)
         z0 = post.mu + sigma * eps
         log_q0 = log_normal_diag(z0, post.mu, post.log_var)
         if self.standardized:
             # z_K = mu + sigma * f(eps): the affine map and its inverse cancel in the Jacobian
-            ek, log_det = self.flow(eps, post.features)
+            ek, log_det = self.flow(eps, post.features, repeat=repeat)
             return PosteriorSample(z0, post.mu + sigma * ek, log_q0, log_det)
-        zk, log_det = self.flow(z0, post.features)
+        zk, log_det = self.flow(z0, post.features, repeat=repeat)
         return PosteriorSample(z0, zk, log_q0, log_det)
 
     def log_likelihood(self, x: Tensor, zk: Tensor) -> Tensor:
@@ -217,18 +219,17 @@ class FlowVAE(nn.Module):
     def iw_nll(self, x: Tensor, samples: int, chunk: int = 500) -> IWEstimate:
         """``-ln p(x) ~ -ln (1/S) sum_s exp(ln p(x, z_s) - ln q_K(z_s|x))``, ``x [B, P]``.
 
-        The encoder runs once per x; the S samples go through the flow and decoder in chunks
-        of ``chunk`` samples per example; the log-weights are combined with logsumexp.
+        The encoder and the flow's amortized head run once per x; the S samples go through
+        the flow and decoder in chunks of ``chunk`` samples per example; the log-weights are
+        combined with logsumexp.
         """
         post = self.encode(x)
         B = x.shape[0]
         log_w: list[Tensor] = []
         for start in range(0, samples, chunk):
             n = min(chunk, samples - start)
-            rep = Posterior(
-                post.mu.repeat(n, 1), post.log_var.repeat(n, 1), post.features.repeat(n, 1)
-            )
-            s = self.sample_posterior(rep)
+            rep = Posterior(post.mu.repeat(n, 1), post.log_var.repeat(n, 1), post.features)
+            s = self.sample_posterior(rep, repeat=n)
             log_joint = self.log_likelihood(x.repeat(n, 1), s.zk) + log_normal_std(s.zk)
             log_w.append((log_joint - s.log_qk).view(n, B))
         w = torch.cat(log_w, dim=0)  # [S, B]

@@ -181,3 +181,45 @@ def test_zero_length_stack_is_the_identity(name, amortized):
         assert torch.equal(out, z)
         assert torch.equal(ld, torch.zeros(BATCH, dtype=F64))
     assert flow.has_inverse and len(flow.layers) == 0
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "layers"])
+@pytest.mark.parametrize("amortized", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_repeat_tiles_the_parameters_instead_of_recomputing_them(name, amortized, fused):
+    """``forward(z, context, repeat=n)`` is ``forward(z, context.repeat(n, 1))``: the same
+    values, log-determinants and gradients (the IS estimate's S samples per context)."""
+    flow = randomized(name, amortized)
+    flow.fused = fused
+    n = 3
+    z = torch.randn(n * BATCH, DIM, dtype=F64)
+    ctx = torch.randn(BATCH, CONTEXT, dtype=F64, requires_grad=True) if amortized else None
+    tiled, ld_tiled = flow(z, None if ctx is None else ctx.repeat(n, 1))
+    once, ld_once = flow(z, ctx, repeat=n)
+    torch.testing.assert_close(once, tiled, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ld_once, ld_tiled, rtol=0, atol=1e-12)
+    params = [p for p in flow.parameters()] + ([ctx] if amortized else [])
+    g_tiled = torch.autograd.grad((tiled.sum() + ld_tiled.sum()), params, allow_unused=True)
+    once, ld_once = flow(z, ctx, repeat=n)
+    g_once = torch.autograd.grad((once.sum() + ld_once.sum()), params, allow_unused=True)
+    for a, b in zip(g_once, g_tiled, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "layers"])
+@pytest.mark.parametrize("name", NAMES)
+def test_repeat_without_a_graph_gives_the_tiled_values(name, fused):
+    """Under ``no_grad`` (the IS estimate) planar and radial broadcast ``z [n, B, D]``
+    against the per-context parameters; every flow still gives the tiled stack's values."""
+    flow = randomized(name, amortized=True)
+    flow.fused = fused
+    n = 4
+    z = torch.randn(n * BATCH, DIM, dtype=F64)
+    ctx = torch.randn(BATCH, CONTEXT, dtype=F64)
+    with torch.no_grad():
+        tiled, ld_tiled = flow(z, ctx.repeat(n, 1))
+        once, ld_once = flow(z, ctx, repeat=n)
+    torch.testing.assert_close(once, tiled, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ld_once, ld_tiled, rtol=0, atol=1e-12)
