@@ -100,6 +100,10 @@ class _Sylvester(FlowLayer):
     """The shared Sylvester layer; subclasses define ``Q`` (``M``, its raw parameters, and how
     to apply ``Q^T`` and ``Q``)."""
 
+    # forward broadcasts over extra leading batch dims (z [n, B, D], Q [B, D, M]): the
+    # IS estimate orthogonalizes Q once per context, not once per sample
+    broadcasts_batch = True
+
     def __init__(self, dim: int, index: int = 0) -> None:
         super().__init__(dim, index)
         self.M = dim
@@ -167,7 +171,7 @@ class _Sylvester(FlowLayer):
         d, log1p_d = self.diagonals(params)
         det = torch.exp(log1p_d) - h * h * d
         log_abs_det = torch.log(det).sum(-1)
-        return z_next, log_abs_det.expand(z.shape[0])
+        return z_next, log_abs_det.expand(z.shape[:-1])  # [B] (or [n, B]: FlowStack repeat)
 
 
 def _log_cosh(x: Tensor) -> Tensor:
