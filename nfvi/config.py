@@ -169,6 +169,12 @@ class TrainerConfig:
     progress: bool = True
     # how many MC samples for the energy task's batches
     mc_samples: int = 256
+    # torch.compile the training loss (and the VAE's importance-sampling passes); the first
+    # step's wall time, compilation included, is the summary's compile_seconds
+    compile: bool = False
+    # CUDA only: replay the forward and backward of each update from one captured CUDA graph
+    # (static batch buffers; the optimizer step stays eager)
+    cuda_graph: bool = False
 
 
 @dataclass
@@ -299,6 +305,9 @@ def _validate_trainer(t: Any, task: str) -> None:
     if t.patience is not None and t.patience < 1:
         raise ConfigError(f"trainer.patience={t.patience} must be at least 1 validation, or "
                           "null for no early stopping")
+    if t.compile and t.cuda_graph:
+        raise ConfigError("trainer.compile and trainer.cuda_graph are exclusive; set one of them "
+                          "to false")
 
 
 def _validate_eval(e: Any) -> None:

@@ -19,7 +19,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from torch import Tensor
 import nfvi
 from nfvi.checkpoint import load_checkpoint, save_checkpoint
 from nfvi.config import TrainerConfig
-from nfvi.errors import NfviError
+from nfvi.errors import ConfigError, NfviError
 from nfvi.loggers import NullLogger
 from nfvi.rundir import BEST, LAST, MetricsLog, checkpoint_path
 from nfvi.runtime import rng_state, set_rng_state
@@ -48,10 +48,14 @@ MAX_SKIPPED_IN_A_ROW = 20
 @dataclass
 class StepOutput:
     """What a task's objective returns for one step: the scalar ``loss`` to minimise and
-    detached scalar ``stats`` to log (averaged over the steps between two log lines)."""
+    detached scalar ``stats`` to log (averaged over the steps between two log lines).
+
+    ``backward_done``: the gradients of ``loss`` are already in the parameters' ``.grad``
+    (a replayed :class:`CudaGraphStep`); the loop then only clips and steps."""
 
     loss: Tensor
     stats: dict[str, Tensor]
+    backward_done: bool = False
 
 
 @dataclass
@@ -194,6 +198,114 @@ def versions() -> dict:
     }
 
 
+class Compiled:
+    """``fn`` through ``torch.compile``, falling back to ``fn`` itself (one warning) when the
+    compiler is not usable here (no C++ compiler for inductor on the CPU, an unsupported
+    Python, an operator it cannot trace).
+
+    Random draws inside ``fn`` stay torch's own (inductor's ``fallback_random``): a compiled
+    run draws the same noise from the same generators as an eager one and its checkpoints'
+    RNG states resume either. A call that fails is retried eagerly from the RNG state it began
+    with, so the fallback changes nothing but the speed. :attr:`seconds` is the wall time of
+    the first call (tracing and compilation included), None before it.
+    """
+
+    def __init__(self, fn: Callable, what: str, dynamic: bool | None = None) -> None:
+        self.fn, self.what, self.seconds = fn, what, None
+        self.compiled: Callable | None = torch.compile(
+            fn, dynamic=dynamic, options={"fallback_random": True})
+
+    def __call__(self, *args, **kw):
+        if self.compiled is None:
+            return self.fn(*args, **kw)
+        # a compiler fails while tracing, before any draw; the first call also keeps the RNG
+        # state to be sure (later calls skip the copy: they are the hot path)
+        state = rng_state() if self.seconds is None else None
+        start = time.perf_counter()
+        try:
+            out = self.compiled(*args, **kw)
+        except Exception as ex:  # noqa: BLE001 - any compiler failure: eager keeps the run going
+            if state is not None:
+                set_rng_state(state)
+            out = self.fn(*args, **kw)  # a genuine error of fn raises here, uncompiled
+            self.compiled = None
+            first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+            log.warning("torch.compile of %s failed (%s: %s); running it eagerly", self.what,
+                        type(ex).__name__, first[:200])
+            return out
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - start
+            log.info("compiled %s in %.1f s (its first call)", self.what, self.seconds)
+        return out
+
+
+def require_cuda(what: str, device: torch.device) -> None:
+    """A one-line :class:`ConfigError` when ``what`` (a CUDA-only option) meets another device."""
+    if device.type != "cuda":
+        raise ConfigError(f"{what}=true needs a CUDA device, but this run is on {device}; set "
+                          f"{what}=false or device=cuda")
+
+
+class CudaGraphStep:
+    """The forward and backward of ``fn(*inputs) -> (loss, stats)`` captured in one CUDA graph
+    and replayed for every update (CUDA only).
+
+    ``inputs`` are the static device buffers the graph reads (e.g. the batch ``x [B, P]`` and
+    ``beta []``): each call copies its arguments into them, replays, and returns the static
+    ``(loss, stats)`` the graph overwrites, with every parameter's ``.grad`` holding the new
+    gradient (the graph writes, not accumulates: the grads were None at capture). So nobody
+    may set the grads to None afterwards (``zero_grad(set_to_none=True)`` would detach the
+    optimizer from the graph's gradient buffers); the optimizer step and clipping stay eager.
+
+    The capture happens at the first call: three warm-up passes on a side stream (PyTorch's
+    rule before a capture; their gradients are dropped and the RNG states put back, so they
+    change nothing), then the capture itself, which draws no noise: the default CUDA generator
+    hands each replay the offset an eager call would have had, so the graphed noise is the
+    eager noise.
+    """
+
+    def __init__(self, fn: Callable[..., tuple[Tensor, dict[str, Tensor]]],
+                 params: list[torch.nn.Parameter], inputs: tuple[Tensor, ...]) -> None:
+        self.fn, self.params, self.inputs = fn, list(params), inputs
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: tuple[Tensor, dict[str, Tensor]] | None = None
+        self.seconds: float | None = None  # wall time of the warm-up and capture
+
+    def __call__(self, *values: Tensor | float) -> tuple[Tensor, dict[str, Tensor]]:
+        for buf, v in zip(self.inputs, values, strict=True):
+            if isinstance(v, Tensor):
+                buf.copy_(v, non_blocking=True)
+            else:
+                buf.fill_(v)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.outputs
+
+    def _capture(self) -> None:
+        start = time.perf_counter()
+        device = self.inputs[0].device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.random.fork_rng(devices=[device]), torch.cuda.stream(side):
+            for _ in range(3):
+                for p in self.params:
+                    p.grad = None
+                loss, _ = self.fn(*self.inputs)
+                loss.backward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        for p in self.params:
+            p.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss, stats = self.fn(*self.inputs)
+            loss.backward()
+        self.graph, self.outputs = graph, (loss.detach(), stats)
+        torch.cuda.synchronize(device)
+        self.seconds = time.perf_counter() - start
+        log.info("captured the training step in a CUDA graph in %.1f s", self.seconds)
+
+
 @dataclass
 class _Window:
     """Running sums of the logged stats since the last log line, kept on the device (one sync
@@ -236,8 +348,13 @@ class Loop:
         self.state = LoopState()
         self.window = _Window()
         self.device = next(task.model.parameters()).device
-        # first step whose loss was not finite (-1: none), tracked on the device: no sync
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        # isfinite(loss) of each update since the last check_finite, on the device (one small
+        # op a step, no sync); the first False names the step check_finite reports
+        self.finite: list[Tensor] = []
+        self.finite_from = 0  # the step of finite[0]
+        #: wall seconds of this process's first update with trainer.compile (compilation
+        #: included), None otherwise
+        self.compile_seconds: float | None = None
         self.clock = time.perf_counter()
         self.skipped_in_a_row = 0
         # optim.lr as built; the schedule scales it each step (resume sets it from the config)
@@ -327,24 +444,38 @@ class Loop:
     # -- one step -------------------------------------------------------------------------
     def step(self) -> float:
         """One update; returns the beta it used."""
+        first = self.t.compile and self.compile_seconds is None
+        if first:
+            start = time.perf_counter()
         beta = self.beta(self.state.step)
         if self.t.lr_schedule != "constant":
             self.set_lr(self.state.step)
         out = self.task.objective(beta)
         self.state.step += 1
-        if self.t.on_nonfinite == "skip" and not bool(torch.isfinite(out.loss)):
-            self._skip()
-            return beta
-        if self.t.on_nonfinite != "skip":
-            bad = ~torch.isfinite(out.loss.detach()) & (self.first_bad < 0)
-            self.first_bad = torch.where(bad, self.state.step, self.first_bad)
-        self.task.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if self.t.on_nonfinite == "skip":
+            if not bool(torch.isfinite(out.loss)):
+                self._skip()
+                return beta
+        else:
+            if not self.finite:
+                self.finite_from = self.state.step
+            self.finite.append(torch.isfinite(out.loss.detach()))
+        if not out.backward_done:
+            self.task.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
         if self.t.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.t.grad_clip)
         self.task.optimizer.step()
         self.skipped_in_a_row = 0
         self.window.add(out.stats)
+        if first:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_seconds = time.perf_counter() - start
+            log.info("trainer.compile: the first update took %.1f s, compilation included",
+                     self.compile_seconds)
+            self.console.print(f"trainer.compile: first update {self.compile_seconds:.1f} s "
+                               "(compilation included)")
         return beta
 
     def _skip(self) -> None:
@@ -360,9 +491,13 @@ class Loop:
     def check_finite(self) -> None:
         """Stop (``trainer.on_nonfinite=stop``) once a loss was not finite: the checkpoints on
         disk were all written before that step, so they stay finite and loadable."""
-        first = int(self.first_bad)
-        if first < 0:
+        if not self.finite:
             return
+        ok = torch.stack(self.finite)
+        if bool(ok.all()):  # the one sync of the check
+            self.finite.clear()
+            return
+        first = self.finite_from + int((~ok).nonzero()[0, 0])
         have = [n for n in (LAST, BEST) if checkpoint_path(self.run_dir, n).is_file()]
         raise NonFiniteLoss(
             f"the loss was not finite at step {first}; stopped at step {self.state.step} "

@@ -21,6 +21,7 @@ import math
 
 import torch
 from rich.console import Console
+from torch import Tensor
 
 from nfvi.config import Config
 from nfvi.energy.evaluate import estimate_kl, log_partition
@@ -30,7 +31,15 @@ from nfvi.energy.targets import get_target
 from nfvi.errors import ConfigError
 from nfvi.optim import build_optimizer
 from nfvi.runtime import seeded_eval
-from nfvi.training import Loop, StepOutput, TaskResult, Validation
+from nfvi.training import (
+    Compiled,
+    CudaGraphStep,
+    Loop,
+    StepOutput,
+    TaskResult,
+    Validation,
+    require_cuda,
+)
 
 #: samples of q_K for the histogram of density.png (when the flow has no inverse)
 HIST_SAMPLES = 1_000_000
@@ -56,15 +65,39 @@ class EnergyTask:
         self.model = EnergyModel(self.target, cfg.flow.name, cfg.K, dim=2,
                                  hparams=hparams, fused=cfg.flow.fused).to(device)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
+        t = cfg.trainer
+        self.compiled = Compiled(self.train_terms, "the energy loss") if t.compile else None
+        self.graph: CudaGraphStep | None = None
+        if t.cuda_graph:
+            require_cuda("trainer.cuda_graph", device)
+            self.graph = CudaGraphStep(self.train_terms, list(self.model.parameters()),
+                                       (torch.zeros((), device=device),))
+        self._beta = torch.zeros((), device=device)  # beta for the compiled loss
 
     def describe(self) -> str:
         c, t = self.cfg, self.cfg.trainer
         return (f"energy {self.target.name}: {c.flow.name} K={c.K}, {t.mc_samples} samples "
                 f"per update, {c.optim.name} lr {c.optim.lr}")
 
+    def train_terms(self, beta: Tensor | float) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`EnergyModel.loss` on ``trainer.mc_samples`` fresh draws at ``beta`` (a float
+        or a 0-d tensor), as ``(loss, stats)``: what ``trainer.compile`` compiles and
+        ``trainer.cuda_graph`` captures (no ``float(beta)``: it would sync)."""
+        s = self.model.sample(self.cfg.trainer.mc_samples)
+        energy = self.model.target(s.z_K)
+        loss = (s.log_q + beta * energy).mean()
+        return loss, {"loss": loss.detach(), "free_energy": (s.log_q + energy).mean().detach()}
+
     def objective(self, beta: float) -> StepOutput:
-        out = self.model.loss(self.cfg.trainer.mc_samples, beta)
-        return StepOutput(out.loss, {"loss": out.loss, "free_energy": out.free_energy})
+        if self.graph is not None:
+            loss, stats = self.graph(beta)
+            return StepOutput(loss, stats, backward_done=True)
+        if self.compiled is not None:
+            self._beta.fill_(beta)
+            loss, stats = self.compiled(self._beta)
+        else:
+            loss, stats = self.train_terms(beta)
+        return StepOutput(loss, stats)
 
     def validate(self) -> Validation:
         with seeded_eval(self.model, self.device, self.cfg.seed + 3):
@@ -109,6 +142,10 @@ class EnergyTask:
             "lr": cfg.optim.lr,
             "beta_schedule": f"{t.beta_schedule}(start={t.beta_start}, steps={t.beta_steps})",
         }
+        if loop.compile_seconds is not None:
+            results["compile_seconds"] = loop.compile_seconds
+        if self.graph is not None and self.graph.seconds is not None:
+            results["cuda_graph_capture_seconds"] = self.graph.seconds
         return TaskResult(results, {"density": out / "density.png",
                                     "samples": out / "samples.png"})
 

@@ -215,23 +215,35 @@ class FlowVAE(nn.Module):
         kl = log_qk - log_pz
         return ElboTerms(loss=loss, neg_elbo=kl - log_px_z, recon=-log_px_z, kl=kl)
 
+    #: the per-chunk pass :meth:`iw_nll` calls: :meth:`iw_log_weights`, or a compiled form of
+    #: it (``trainer.compile``: :class:`nfvi.training.Compiled`, set by the VAE task)
+    iw_chunk_fn = None
+
+    def iw_log_weights(self, x: Tensor, mu: Tensor, log_var: Tensor, features: Tensor,
+                       n: int) -> Tensor:
+        """``ln p(x, z_s) - ln q_K(z_s|x)`` ``[n, B]`` for ``n`` fresh samples per example of
+        the posterior ``(mu, log_var, features)`` (``[B, D]``, ``[B, D]``, ``[B, H]``) of
+        ``x [B, P]``: one chunk of :meth:`iw_nll`, a pure function of its inputs and the RNG
+        (so it can be compiled; ``n`` is a constant of the compiled graph). The features are
+        not repeated: the flow's amortized head runs once per example (``repeat=n``)."""
+        B = x.shape[0]
+        rep = Posterior(mu.repeat(n, 1), log_var.repeat(n, 1), features)
+        s = self.sample_posterior(rep, repeat=n)
+        log_joint = self.log_likelihood(x.repeat(n, 1), s.zk) + log_normal_std(s.zk)
+        return (log_joint - s.log_qk).view(n, B)
+
     @torch.no_grad()
     def iw_nll(self, x: Tensor, samples: int, chunk: int = 500) -> IWEstimate:
         """``-ln p(x) ~ -ln (1/S) sum_s exp(ln p(x, z_s) - ln q_K(z_s|x))``, ``x [B, P]``.
 
         The encoder and the flow's amortized head run once per x; the S samples go through
-        the flow and decoder in chunks of ``chunk`` samples per example; the log-weights are
-        combined with logsumexp.
+        the flow and decoder in chunks of ``chunk`` samples per example (:meth:`iw_log_weights`);
+        the log-weights are combined with logsumexp.
         """
         post = self.encode(x)
-        B = x.shape[0]
-        log_w: list[Tensor] = []
-        for start in range(0, samples, chunk):
-            n = min(chunk, samples - start)
-            rep = Posterior(post.mu.repeat(n, 1), post.log_var.repeat(n, 1), post.features)
-            s = self.sample_posterior(rep, repeat=n)
-            log_joint = self.log_likelihood(x.repeat(n, 1), s.zk) + log_normal_std(s.zk)
-            log_w.append((log_joint - s.log_qk).view(n, B))
+        per_chunk = self.iw_chunk_fn or self.iw_log_weights
+        log_w = [per_chunk(x, post.mu, post.log_var, post.features, min(chunk, samples - start))
+                 for start in range(0, samples, chunk)]
         w = torch.cat(log_w, dim=0)  # [S, B]
         log_px = torch.logsumexp(w, dim=0) - math.log(samples)
         return IWEstimate(nll=-log_px, samples=samples)

@@ -23,7 +23,15 @@ from nfvi.data import LoadedData, binarize, fixed_binarization, load_dataset
 from nfvi.errors import ConfigError
 from nfvi.optim import build_optimizer
 from nfvi.rundir import BEST, atomic_write_json, checkpoint_path, per_example_file
-from nfvi.training import Loop, StepOutput, TaskResult, Validation
+from nfvi.training import (
+    Compiled,
+    CudaGraphStep,
+    Loop,
+    StepOutput,
+    TaskResult,
+    Validation,
+    require_cuda,
+)
 from nfvi.vae.evaluate import EvalResult, evaluate, validation_neg_elbo
 from nfvi.vae.figures import draw_reconstructions, draw_samples
 from nfvi.vae.likelihoods import bits_per_dim
@@ -69,22 +77,32 @@ def build_model(cfg: Config, data: LoadedData) -> FlowVAE:
 
 
 class Batches:
-    """Minibatch indices from a seeded permutation per epoch (the ragged last batch dropped)."""
+    """Minibatch indices from a seeded permutation per epoch (the ragged last batch dropped).
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size = n, batch_size
+    The permutation is drawn on the CPU (the same order on every device) and copied to
+    ``device`` once per epoch, so :meth:`take` hands out device indices without a host-to-device
+    copy per step."""
+
+    def __init__(self, n: int, batch_size: int, seed: int,
+                 device: torch.device | None = None) -> None:
+        self.n, self.batch_size, self.device = n, batch_size, device
         self.per_epoch = max(1, n // batch_size)
         self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.generator)
+        self._set_perm(torch.randperm(n, generator=self.generator))
         self.position = 0
 
+    def _set_perm(self, perm: Tensor) -> None:
+        self.perm = perm
+        self._perm_on = perm if self.device is None else perm.to(self.device)
+
     def take(self) -> Tensor:
+        """The next ``batch_size`` indices ``[batch_size]`` (int64, on ``device``)."""
         i = self.position * self.batch_size
-        idx = self.perm[i : i + self.batch_size]
+        idx = self._perm_on[i : i + self.batch_size]
         self.position += 1
         if self.position >= self.per_epoch:
             self.position = 0
-            self.perm = torch.randperm(self.n, generator=self.generator)
+            self._set_perm(torch.randperm(self.n, generator=self.generator))
         return idx
 
     def state_dict(self) -> dict:
@@ -93,7 +111,8 @@ class Batches:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.perm, self.position = state["perm"], int(state["position"])
+        self._set_perm(state["perm"].cpu())
+        self.position = int(state["position"])
 
 
 class VAETask:
@@ -111,9 +130,22 @@ class VAETask:
         self.val_x = eval_inputs(cfg, self.data, "val", device)
         self.model = build_model(cfg, self.data).to(device)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
-        self.batches = Batches(len(self.train_x), cfg.trainer.batch_size, cfg.seed)
+        self.batches = Batches(len(self.train_x), cfg.trainer.batch_size, cfg.seed, device)
         self.steps_per_epoch = self.batches.per_epoch
         self.bin_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+        self.compiled: Compiled | None = None
+        self.graph: CudaGraphStep | None = None
+        t = cfg.trainer
+        if t.compile:
+            self.compiled = Compiled(self.train_terms, "the VAE's training loss")
+            compile_iw(self.model)
+        if t.cuda_graph:
+            require_cuda("trainer.cuda_graph", device)
+            x = torch.zeros(t.batch_size, self.train_x.shape[1], device=device)
+            self.graph = CudaGraphStep(self.train_terms, list(self.model.parameters()),
+                                       (x, torch.zeros((), device=device)))
+        # beta as a device scalar for the compiled loss (a Python float would be a constant)
+        self._beta = torch.zeros((), device=device)
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
@@ -121,13 +153,39 @@ class VAETask:
         return (f"{c.flow.name} K={c.K} on {c.dataset.name} ({self.data.source}), "
                 f"{n:,} parameters")
 
-    def objective(self, beta: float) -> StepOutput:
-        idx = self.batches.take().to(self.device)
-        x = binarize(self.train_x[idx], self.mode, generator=self.bin_gen,
-                     threshold=self.threshold)
+    def train_terms(self, x: Tensor, beta: Tensor | float) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of a batch ``x [B, P]`` at ``beta`` (a float or a 0-d tensor)
+        and its logged stats (detached scalars): the function ``trainer.compile`` compiles and
+        ``trainer.cuda_graph`` captures."""
         t = self.model.elbo(x, beta=beta, anneal=self.anneal)
-        return StepOutput(t.loss, {"loss": t.loss, "neg_elbo": t.neg_elbo.mean(),
-                                   "recon": t.recon.mean(), "kl": t.kl.mean()})
+        return t.loss, {"loss": t.loss.detach(), "neg_elbo": t.neg_elbo.detach().mean(),
+                        "recon": t.recon.detach().mean(), "kl": t.kl.detach().mean()}
+
+    def batch(self) -> Tensor:
+        """The next minibatch ``[B, P]``, binarized (dynamic mode: fresh bits every time).
+
+        ``index_select`` is advanced indexing's gather without its overhead. On the CPU, the
+        dynamic bits of float32 pixels are drawn as ``rand < x``: the very draws (and the
+        generator state after them) of ``torch.bernoulli(x)``, whose CPU kernel takes one
+        24-bit uniform per pixel and compares it the same way, at a third of its cost
+        (tests/vae/test_run.py holds torch to that)."""
+        x = torch.index_select(self.train_x, 0, self.batches.take())
+        if self.mode == "dynamic" and x.device.type == "cpu" and x.dtype == torch.float32:
+            u = torch.rand(x.shape, generator=self.bin_gen, dtype=torch.float32)
+            return (u < x).to(x.dtype)
+        return binarize(x, self.mode, generator=self.bin_gen, threshold=self.threshold)
+
+    def objective(self, beta: float) -> StepOutput:
+        x = self.batch()
+        if self.graph is not None:
+            loss, stats = self.graph(x, beta)
+            return StepOutput(loss, stats, backward_done=True)
+        if self.compiled is not None:
+            self._beta.fill_(beta)
+            loss, stats = self.compiled(x, self._beta)
+        else:
+            loss, stats = self.train_terms(x, beta)
+        return StepOutput(loss, stats)
 
     def validate(self) -> Validation:
         val = validation_neg_elbo(self.model, self.val_x, self.cfg.eval.batch_size,
@@ -150,9 +208,20 @@ class VAETask:
                     "best_step": s.best_step, "stopped_early": s.stopped_early,
                     "skipped_steps": s.skipped_steps, "wall_seconds": s.elapsed,
                     "val_neg_elbo": s.best_score}
+        if loop.compile_seconds is not None:
+            training["compile_seconds"] = loop.compile_seconds
+        if self.graph is not None and self.graph.seconds is not None:
+            training["cuda_graph_capture_seconds"] = self.graph.seconds
         self.console.print(f"evaluating best.pt (step {s.best_step}) on the test split")
         return test_and_draw(self.cfg, self.model, self.data, "test", loop.run_dir, training,
                              self.device)
+
+
+def compile_iw(model: FlowVAE) -> None:
+    """``trainer.compile``: the IS estimate's per-chunk pass through ``torch.compile`` (one
+    graph per chunk size: ``eval.chunk`` and the remainder)."""
+    model.iw_chunk_fn = Compiled(model.iw_log_weights, "the importance-sampling pass",
+                                 dynamic=False)
 
 
 def test_and_draw(cfg: Config, model: FlowVAE, data: LoadedData, split: str, out_dir: Path,
@@ -170,7 +239,9 @@ def test_and_draw(cfg: Config, model: FlowVAE, data: LoadedData, split: str, out
     atomic_write_json(out_dir / per_example_file(split),
                       {"split": split, "iw_samples": res.iw_samples, **res.per_example})
     pixels = x.shape[1] if model.likelihood.eight_bit else None
-    return TaskResult({**before, **split_results(split, res, pixels)}, figures)
+    compiled = getattr(model.iw_chunk_fn, "seconds", None)
+    extra = {} if compiled is None else {"iw_compile_seconds": compiled}
+    return TaskResult({**before, **split_results(split, res, pixels), **extra}, figures)
 
 
 def split_results(split: str, res: EvalResult, pixels: int | None = None) -> dict:
@@ -203,6 +274,8 @@ def evaluate_checkpoint(cfg: Config, ckpt: dict, ckpt_path: Path, out_dir: Path,
                       f"{data.source} data is evaluated now")
     model = build_model(cfg, data).to(device)
     model.load_state_dict(ckpt["model"])
+    if cfg.trainer.compile:
+        compile_iw(model)
     split = str(cfg.eval.split)
     console.print(f"evaluating {ckpt_path} on the {split} split, S={cfg.eval.iw_samples}, "
                   f"device {device}")

@@ -70,3 +70,15 @@ def test_task_state_round_trips_the_data_order_and_bits():
     torch.manual_seed(0)
     assert not torch.equal(fresh.objective(1.0).stats["neg_elbo"], after[0])
     assert task.describe().startswith("planar K=1 on mnist (bundled)")
+
+
+def test_the_cpu_batch_bits_are_torch_bernoullis_draws():
+    # VAETask.batch draws dynamic bits as rand < x on the CPU (faster): it must stay exactly
+    # torch.bernoulli's draws, generator state included, or seeded runs would change
+    task = VAETask(config(), torch.device("cpu"), QUIET)
+    reference = torch.Generator().manual_seed(task.cfg.seed + 2)
+    order = Batches(len(task.train_x), task.cfg.trainer.batch_size, task.cfg.seed)
+    for _ in range(5):
+        expected = torch.bernoulli(task.train_x[order.take()], generator=reference)
+        assert torch.equal(task.batch(), expected)
+    assert torch.equal(task.bin_gen.get_state(), reference.get_state())

@@ -1,0 +1,135 @@
+"""GPU throughput of the default flow VAE: eager, compiled and CUDA-graphed training steps, the
+paper's 500k-update run projected, and the full test set's IS NLL at S = 5000.
+
+    python benchmarks/bench_gpu.py [--K 0 80] [--steps 200] [--iw-samples 5000]
+        [--iw-chunk 5000] [--modes eager compiled cuda_graph] [--allow-cpu]
+
+Prints a markdown table naming the device. Training: the real :class:`nfvi.training.Loop` and
+:class:`nfvi.vae.run.VAETask` of ``nfvi train K=<K>`` (784-400-400 maxout, 40 latents, planar
+flows fused, batch 100, Adam; validation and checkpoints out of the way) timed over ``--steps``
+updates after a warm-up (compilation and graph capture happen there; their seconds are
+printed apart); the 500k-update wall time is ``500000 / steps per second`` (R&M 2015's run,
+validation excluded). IS NLL: ``eval.iw_samples`` = ``--iw-samples`` importance samples for
+every test image (the full 10k MNIST test set when ``dataset.source=full`` data is present,
+else the bundled 500 digits, with the seconds projected to 10k images), untrained weights:
+the cost does not depend on them.
+
+Without a GPU it says so and exits 0; ``--allow-cpu`` runs a tiny smoke version on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_loop import QUIET, default_config  # noqa: E402 (the benchmarks folder itself)
+
+from nfvi.training import Loop  # noqa: E402
+from nfvi.vae.evaluate import evaluate  # noqa: E402
+from nfvi.vae.run import VAETask, eval_inputs  # noqa: E402
+
+PAPER_UPDATES = 500_000
+TEST_IMAGES = 10_000
+MODES = ("eager", "compiled", "cuda_graph")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def overrides(mode: str) -> list[str]:
+    return {"eager": [], "compiled": ["trainer.compile=true"],
+            "cuda_graph": ["trainer.cuda_graph=true"]}[mode]
+
+
+def train_rate(K: int, mode: str, device: torch.device, steps: int, warmup: int
+               ) -> tuple[float, float]:
+    """(updates per second of the real loop, seconds of its warm-up updates)."""
+    cfg = default_config(K, device.type, False, "trainer.val_interval=100000000",
+                         "trainer.patience=null", "dataset.source=auto", *overrides(mode))
+    torch.manual_seed(cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        task = VAETask(cfg, device, QUIET)
+        loop = Loop(task, cfg.trainer, Path(tmp), QUIET, config={"K": K})
+        loop.validate = lambda: False  # noqa: E731 - the one at a round's end: not timed here
+        loop.save = lambda name: None  # noqa: E731
+        t0 = time.perf_counter()
+        loop.t.max_steps = warmup
+        loop.run()
+        sync(device)
+        warm = time.perf_counter() - t0
+        loop.t.max_steps = warmup + steps
+        t0 = time.perf_counter()
+        loop.run()
+        sync(device)
+        return steps / (time.perf_counter() - t0), warm
+
+
+def iw_seconds(K: int, compiled: bool, device: torch.device, samples: int, chunk: int,
+               limit: int | None) -> tuple[float, int, str]:
+    """(seconds of the IS NLL over the test images, how many, the data source)."""
+    cfg = default_config(K, device.type, False, "dataset.source=auto",
+                         *(["trainer.compile=true"] if compiled else []))
+    torch.manual_seed(cfg.seed)
+    task = VAETask(cfg, device, QUIET)
+    model = task.model.eval()
+    x = eval_inputs(cfg, task.data, "test", device, limit)
+    evaluate(model, x[:100], samples, chunk, 100, seed=0)  # warm-up (compilation: here)
+    sync(device)
+    t0 = time.perf_counter()
+    evaluate(model, x, samples, chunk, 100, seed=0)
+    sync(device)
+    return time.perf_counter() - t0, x.shape[0], task.data.source
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--K", type=int, nargs="+", default=[0, 80])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--iw-samples", type=int, default=5000)
+    ap.add_argument("--iw-chunk", type=int, default=5000)
+    ap.add_argument("--iw-limit", type=int, default=None, help="test images (default: all)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--allow-cpu", action="store_true",
+                    help="no GPU: a tiny smoke run on the CPU instead of exiting")
+    args = ap.parse_args()
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        what = torch.cuda.get_device_name(device)
+    elif args.allow_cpu:
+        device, what = torch.device("cpu"), "CPU smoke run (tiny sizes, not a measurement)"
+        torch.set_num_threads(1)
+        args.steps, args.warmup, args.iw_samples, args.iw_chunk = 3, 2, 10, 10
+        args.iw_limit, args.K = 20, [0, 2]
+        args.modes = [m for m in args.modes if m != "cuda_graph"]
+    else:
+        print(f"no CUDA GPU here (torch {torch.__version__}): nothing to measure; run this on "
+              "a GPU machine, or pass --allow-cpu for a tiny smoke run")
+        return
+    print(f"torch {torch.__version__}, {what}; batch 100, {args.steps} timed updates after "
+          f"{args.warmup} warm-up; IS S={args.iw_samples}, chunk {args.iw_chunk}\n")
+    print("| K | mode | steps/s | ms/step | warm-up s (compile/capture) | 500k updates h "
+          "| IS NLL s (10k images) | IS images measured |")
+    print("|---:|:---|---:|---:|---:|---:|---:|---:|")
+    for K in args.K:
+        for mode in args.modes:
+            rate, warm = train_rate(K, mode, device, args.steps, args.warmup)
+            iw = ["", ""]
+            if mode != "cuda_graph":  # the IS pass has no graph mode; compiled: its own
+                secs, n, source = iw_seconds(K, mode == "compiled", device, args.iw_samples,
+                                             args.iw_chunk, args.iw_limit)
+                iw = [f"{secs * TEST_IMAGES / n:.1f}", f"{n} ({source})"]
+            print(f"| {K} | {mode} | {rate:.1f} | {1e3 / rate:.2f} | {warm:.1f} | "
+                  f"{PAPER_UPDATES / rate / 3600:.2f} | {iw[0]} | {iw[1]} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
