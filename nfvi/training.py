@@ -198,6 +198,11 @@ def versions() -> dict:
     }
 
 
+def backward(loss: Tensor) -> None:
+    """The one backward pass of nfvi (the loop's update and a CUDA graph's capture)."""
+    loss.backward()
+
+
 class Compiled:
     """``fn`` through ``torch.compile``, falling back to ``fn`` itself (one warning) when the
     compiler is not usable here (no C++ compiler for inductor on the CPU, an unsupported
@@ -292,14 +297,14 @@ class CudaGraphStep:
                 for p in self.params:
                     p.grad = None
                 loss, _ = self.fn(*self.inputs)
-                loss.backward()
+                backward(loss)
         torch.cuda.current_stream(device).wait_stream(side)
         for p in self.params:
             p.grad = None
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             loss, stats = self.fn(*self.inputs)
-            loss.backward()
+            backward(loss)
         self.graph, self.outputs = graph, (loss.detach(), stats)
         torch.cuda.synchronize(device)
         self.seconds = time.perf_counter() - start
@@ -462,7 +467,7 @@ class Loop:
             self.finite.append(torch.isfinite(out.loss.detach()))
         if not out.backward_done:
             self.task.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            backward(out.loss)
         if self.t.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.t.grad_clip)
         self.task.optimizer.step()
