@@ -3,8 +3,10 @@
 Prints a table: training steps/s and examples/s for the default model (784-400-400 maxout,
 40 latents, amortized planar flows) with K = 0, 10, 80 at batch 100, and the seconds per test
 point of the importance-weighted NLL at S = 5000. Runs on the CPU, and on CUDA when present.
+``--flow NAME`` measures another flow with its shipped config (``nfvi train flow=NAME``).
 
     python benchmarks/bench_vae.py [--steps 50] [--iw-points 20] [--threads N] [--device cpu]
+                                   [--flow planar] [--K 0 10 80]
 
 Figures come from one process, so compare ratios within a run: shared machines are noisy.
 """
@@ -15,14 +17,18 @@ import argparse
 import time
 
 import torch
+from hydra import compose, initialize_config_dir
 
+from nfvi.config import config_dir, register_configs, typed
 from nfvi.vae.model import FlowVAE
 
 
-def shipped_model(K: int) -> FlowVAE:
-    """The default model with ``flow=planar``'s shipped settings (centered, head gain auto)."""
-    return FlowVAE(784, 40, [400, 400], "maxout", 4, "planar", K, True,
-                   flow_hparams={"centered": True}, head_gain=None)
+def shipped_model(flow: str, K: int) -> FlowVAE:
+    """The default model (``nfvi train flow=FLOW K=K``) on 28 x 28 binary images."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = typed(compose("config", overrides=[f"flow={flow}", f"K={K}"]))
+    return FlowVAE.from_config(cfg, 784, (1, 28, 28))
 
 
 def sync(device: torch.device) -> None:
@@ -30,9 +36,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_rate(K: int, device: torch.device, steps: int, batch: int) -> float:
+def train_rate(flow: str, K: int, device: torch.device, steps: int, batch: int) -> float:
     torch.manual_seed(0)
-    model = shipped_model(K).to(device)
+    model = shipped_model(flow, K).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.bernoulli(torch.full((batch, 784), 0.13, device=device))
 
@@ -52,9 +58,10 @@ def train_rate(K: int, device: torch.device, steps: int, batch: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def iw_seconds_per_point(K: int, device: torch.device, points: int, samples: int) -> float:
+def iw_seconds_per_point(flow: str, K: int, device: torch.device, points: int,
+                         samples: int) -> float:
     torch.manual_seed(0)
-    model = shipped_model(K).to(device).eval()
+    model = shipped_model(flow, K).to(device).eval()
     x = torch.bernoulli(torch.full((points, 784), 0.13, device=device))
     chunk = 500 if device.type == "cpu" else 5000
     model.iw_nll(x[:1], 100, chunk)  # warm-up
@@ -75,6 +82,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", action="append", help="cpu, cuda (default: cpu, and cuda if any)")
     ap.add_argument("--K", type=int, nargs="+", default=[0, 10, 80])
+    ap.add_argument("--flow", default="planar", help="a registered flow, its shipped config")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,6 +91,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}"
           + (f", GPU {name}" if name else ""))
+    print(f"flow={args.flow}")
     header = (f"{'device':<8}{'K':>4}{'steps/s':>10}{'examples/s':>12}"
               f"{'IW s/point (S=' + str(args.iw_samples) + ')':>24}")
     print(header)
@@ -90,8 +99,8 @@ def main() -> None:
     for dev_name in devices:
         device = torch.device(dev_name)
         for K in args.K:
-            rate = train_rate(K, device, args.steps, args.batch)
-            iw = iw_seconds_per_point(K, device, args.iw_points, args.iw_samples)
+            rate = train_rate(args.flow, K, device, args.steps, args.batch)
+            iw = iw_seconds_per_point(args.flow, K, device, args.iw_points, args.iw_samples)
             print(f"{dev_name:<8}{K:>4}{rate:>10.1f}{rate * args.batch:>12.0f}{iw:>24.4f}")
 
 

@@ -140,6 +140,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     alpha: float = 0.99  # RMSprop smoothing
+    # one fused kernel per update (Adam); None: fused where torch has the kernel; a resumed
+    # run keeps the setting its checkpoint was saved with
+    fused: bool | None = None
 
 
 @dataclass
@@ -336,6 +339,7 @@ def _validate_model(m: Any) -> None:
 def validate(cfg: Any) -> None:
     """Range checks beyond types; raises :class:`ConfigError` with one line."""
     from nfvi.flows import FLOWS  # imported here: the task function may use torch, --help not
+    from nfvi.optim import check_fused
 
     def flow_names() -> list[str]:
         return sorted(FLOWS)
@@ -369,5 +373,6 @@ def validate(cfg: Any) -> None:
     _validate_trainer(cfg.trainer, str(cfg.task))
     if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be a positive finite number")
+    check_fused(cfg.optim)
     _validate_eval(cfg.eval)
     _validate_model(cfg.model)

@@ -8,10 +8,17 @@ import torch
 
 from nfvi.errors import ConfigError
 
+#: devices where torch's fused Adam kernel exists in every build nfvi supports
+_FUSED_DEVICES = ("cpu", "cuda")
+
 
 def _adam(params, c):
-    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
-                            weight_decay=c.weight_decay)
+    params = list(params)
+    kw = dict(lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
+    fused = getattr(c, "fused", None)
+    if fused is None:  # auto: torch's one-kernel update (about 5x foreach's speed on a CPU)
+        fused = all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
+    return torch.optim.Adam(params, fused=bool(fused), **kw)
 
 
 def _adamax(params, c):
@@ -25,12 +32,23 @@ def _rmsprop(params, c):
 
 
 OPTIMIZERS = {"adam": _adam, "adamax": _adamax, "rmsprop": _rmsprop}
+#: the optimizers that take ``optim.fused=true`` (torch has a fused kernel for them)
+FUSABLE = frozenset({"adam"})
+
+
+def check_fused(optim_cfg) -> None:
+    """``optim.fused=true`` only where torch has a fused kernel (:data:`FUSABLE`)."""
+    name = str(optim_cfg.name)
+    if getattr(optim_cfg, "fused", None) and name not in FUSABLE:
+        raise ConfigError(f"optim.fused=true: torch has no fused {name}; use optim.fused=null "
+                          f"(or optim={', optim='.join(sorted(FUSABLE))})")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg) -> torch.optim.Optimizer:
     name = str(optim_cfg.name)
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; use optim= one of {', '.join(OPTIMIZERS)}")
+    check_fused(optim_cfg)
     return OPTIMIZERS[name](params, optim_cfg)
 
 

@@ -90,3 +90,30 @@ def test_unknown_name_raises():
     # today a bare KeyError (Hydra's enum check normally catches this first)
     with pytest.raises(Exception, match="sgd"):
         build_optimizer([_param()], OptimConfig(name="sgd"))
+
+
+def test_adam_is_fused_by_default_and_steps_like_the_unfused_update():
+    """``optim.fused=null`` picks torch's fused Adam on the CPU; it updates like the
+    for-each implementation (to rounding) over several steps."""
+    torch.manual_seed(0)
+    w = torch.randn(50, 7, dtype=torch.float64)
+    grads = [torch.randn(50, 7, dtype=torch.float64) for _ in range(5)]
+    out = {}
+    for fused in (None, False):
+        p = torch.nn.Parameter(w.clone())
+        opt = build_optimizer([p], OptimConfig(fused=fused, weight_decay=0.01))
+        assert opt.param_groups[0]["fused"] is (fused is None)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        out[fused] = p.detach()
+    assert not torch.equal(out[None], w)
+    torch.testing.assert_close(out[None], out[False], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", [OptimName.adamax, OptimName.rmsprop])
+def test_fused_is_refused_where_torch_has_no_fused_kernel(name):
+    from nfvi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"optim.fused=true: torch has no fused {name}"):
+        build_optimizer([_param()], OptimConfig(name=name, fused=True))

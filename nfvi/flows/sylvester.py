@@ -96,6 +96,20 @@ def orthogonalize(
         steps += 1
 
 
+def matvec(A: Tensor, x: Tensor) -> Tensor:
+    """``A x`` per example: ``A [B|1, I, J]``, ``x [..., B, J]`` -> ``[..., B, I]``.
+
+    With extra leading dims (the IS estimate's samples, ``x [n, B, J]``) the samples become
+    the columns of one ``[I, J] @ [J, n]`` product per example instead of ``n * B`` batched
+    matrix-vector products over an expanded ``A``.
+    """
+    if x.dim() <= 2:
+        return (A @ x.unsqueeze(-1)).squeeze(-1)
+    lead, (B, J) = x.shape[:-2], x.shape[-2:]
+    cols = x.reshape(-1, B, J).permute(1, 2, 0)  # [B, J, N]
+    return (A @ cols).permute(2, 0, 1).reshape(*lead, B, A.shape[-2])
+
+
 class _Sylvester(FlowLayer):
     """The shared Sylvester layer; subclasses define ``Q`` (``M``, its raw parameters, and how
     to apply ``Q^T`` and ``Q``)."""
@@ -163,9 +177,9 @@ class _Sylvester(FlowLayer):
         R, R_tilde = self.triangular(params["r"], params["r_tilde_diag"])
         q = self.prepare_q(params)
         qz = self.q_t(z, q)  # [B, M]
-        a = (R_tilde @ qz.unsqueeze(-1)).squeeze(-1) + params["b"]
+        a = matvec(R_tilde, qz) + params["b"]
         h = torch.tanh(a)
-        z_next = z + self.q_apply((R @ h.unsqueeze(-1)).squeeze(-1), q)
+        z_next = z + self.q_apply(matvec(R, h), q)
         # 1 + h'(a) d with h' = 1 - h^2, written as (1 + d) - h^2 d: for d < 0 both terms are
         # >= 0 (no cancellation), for d >= 0 it is >= 1; (1 + d) > 0 from diagonals()
         d, log1p_d = self.diagonals(params)
@@ -212,10 +226,12 @@ class SylvesterOrthogonal(_Sylvester):
         return Q
 
     def q_t(self, z: Tensor, q: Tensor) -> Tensor:
-        return (z.unsqueeze(-2) @ q).squeeze(-2)
+        if z.dim() <= 2:
+            return (z.unsqueeze(-2) @ q).squeeze(-2)
+        return matvec(q.transpose(-1, -2), z)
 
     def q_apply(self, y: Tensor, q: Tensor) -> Tensor:
-        return (q @ y.unsqueeze(-1)).squeeze(-1)
+        return matvec(q, y)
 
 
 @register_flow("sylvester_householder")

@@ -55,6 +55,7 @@ CASES = [
     (["train", "dataset.source=full"], ["MNIST", "dataset.download=true"], 2),
     (["train", "dataset=fashion_mnist"], ["Fashion"], 2),
     (["train", "optim=nope"], ["optim/nope", "adam"], 2),
+    (["train", "optim=adamax", "optim.fused=true"], ["optim.fused=true", "no fused adamax"], 2),
     (["train", "trainer.max_steps=0"], ["trainer.max_steps"], 2),
     (["train", "trainer.grad_clip=-1"], ["trainer.grad_clip=-1.0", "positive"], 2),
     (["train", "trainer.patience=0"], ["trainer.patience=0", "at least 1"], 2),

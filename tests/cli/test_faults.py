@@ -147,7 +147,7 @@ def test_a_full_disk_stops_in_one_line_and_resumes_after_space_is_freed(env, tmp
 
 
 def test_sigterm_during_the_evaluation(env, tmp_path):
-    args = [*TINY, "eval.iw_samples=4000", "eval.max_examples=500"]
+    args = [*TINY, "eval.iw_samples=1000", "eval.max_examples=200"]
     ref = nfvi("train", *args, "name=ref", env=env)
     assert ref.returncode == 0, ref.stderr
     root = tmp_path / "outputs" / "cut"

@@ -17,6 +17,7 @@ from nfvi.flows.sylvester import (
     SylvesterHouseholder,
     SylvesterOrthogonal,
     SylvesterTriangular,
+    matvec,
     orthogonalize,
 )
 from tests.flows.composed import flow_config
@@ -409,3 +410,16 @@ def test_sylvester_configs_ship_the_slow_head_and_no_clipping(name):
     cfg = composed_config(f"flow={name}")
     assert cfg.trainer.grad_clip is None and cfg.flow.head_gain is None
     assert composed_config(f"flow={name}", "trainer.grad_clip=100").trainer.grad_clip == 100.0
+
+
+@pytest.mark.parametrize("a_batch", [3, 1])
+def test_matvec_with_sample_dims_is_the_per_sample_product(a_batch):
+    """The IS path's ``A [B|1, I, J] x [n, m, B, J]`` equals one product per sample."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(a_batch, 4, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 6, 3, 5, generator=g, dtype=torch.float64)
+    want = (A @ x.unsqueeze(-1)).squeeze(-1)  # broadcast: n * m * B matrix-vector products
+    got = matvec(A, x)
+    assert got.shape == (2, 6, 3, 4)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(matvec(A, x[0, 0]), want[0, 0], rtol=0, atol=0)
