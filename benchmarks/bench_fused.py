@@ -3,13 +3,14 @@
 Prints a markdown table: the training step time (forward + backward + Adam step, batch 100,
 random binary data of the bundled size, 784 pixels) of the default model (784-400-400 maxout,
 40 latents, amortized planar flows with ``flow=planar``'s shipped settings) for K = 0, 10, 80,
-fused (``flow.fused=true``, the default) and not; the importance-weighted NLL's seconds per
-test point at S = 5000 for K = 0 and 80; and each against its matmul roofline: the time the
-model's matmul FLOPs would take at the matmul rate measured in the same run (one large square
-matmul). FLOPs are counted by hooks on every ``nn.Linear`` (``2 * rows * in * out`` forward;
-a training step is forward + backward = 3x that, the backward being twice the forward); all
-else -- the flow's own layers, activations, the optimizer -- counts as zero, so step/roofline
-is how far a step is from being all matmul at the machine's best rate.
+fused (``flow.fused=true``, the default) and not, with torch's fused Adam (``optim.fused``,
+nfvi's default) and its for-each Adam (the default before); the importance-weighted NLL's
+seconds per test point at S = 5000 for K = 0 and 80; and each against its matmul roofline: the
+time the model's matmul FLOPs would take at the matmul rate measured in the same run (one large
+square matmul). FLOPs are counted by hooks on every ``nn.Linear`` (``2 * rows * in * out``
+forward; a training step is forward + backward = 3x that, the backward being twice the
+forward); all else -- the flow's own layers, activations, the optimizer -- counts as zero, so
+step/roofline is how far a step is from being all matmul at the machine's best rate.
 
     python benchmarks/bench_fused.py [--device cpu|cuda] [--threads N] [--steps 20]
         [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80]
@@ -28,6 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nfvi.config import OptimConfig
+from nfvi.optim import build_optimizer
 from nfvi.vae.model import FlowVAE
 
 BATCH, PIXELS, P_ON = 100, 784, 0.13
@@ -58,10 +61,9 @@ def timed(fn: Callable[[], object], device: torch.device, reps: int, warmup: int
     return (time.perf_counter() - t0) / reps
 
 
-def paired(fns: dict[bool, Callable[[], object]], device: torch.device, rounds: int, reps: int
-           ) -> dict[bool, float]:
-    """Seconds per call of each ``fns[fused]``, the two timed in alternating rounds of ``reps``
-    calls (so a shared machine's drifts hit both alike); the fastest round of each."""
+def paired(fns: dict, device: torch.device, rounds: int, reps: int) -> dict:
+    """Seconds per call of each ``fns[key]``, all timed in alternating rounds of ``reps``
+    calls (so a shared machine's drifts hit them alike); the fastest round of each."""
     best = {k: float("inf") for k in fns}
     for fn in fns.values():
         fn()  # warm-up
@@ -89,13 +91,16 @@ def linear_flops(model: FlowVAE, fn: Callable[[], object]) -> float:
     def linear(mod: nn.Linear, inputs, _output) -> None:
         total[0] += 2.0 * inputs[0].numel() * mod.out_features
 
-    def flow(_mod: nn.Module, inputs) -> None:
-        if head is not None:
-            total[0] += 2.0 * inputs[0].shape[0] * head.in_features * head.out_features
+    def flow(_mod: nn.Module, inputs, kwargs) -> None:
+        # the head runs once per context row: per sample in training, per test point in the
+        # IS estimate (``repeat=S``)
+        context = inputs[1] if len(inputs) > 1 else kwargs.get("context")
+        if head is not None and context is not None:
+            total[0] += 2.0 * context.shape[0] * head.in_features * head.out_features
 
     handles = [m.register_forward_hook(linear) for m in model.modules()
                if isinstance(m, nn.Linear) and m is not head]
-    handles.append(model.flow.register_forward_pre_hook(flow))
+    handles.append(model.flow.register_forward_pre_hook(flow, with_kwargs=True))
     try:
         fn()
     finally:
@@ -104,15 +109,22 @@ def linear_flops(model: FlowVAE, fn: Callable[[], object]) -> float:
     return total[0]
 
 
-def train_steps(K: int, device: torch.device, steps: int) -> tuple[dict[bool, float], float]:
-    """({fused: seconds per training step}, its matmul FLOPs: 3x the forward's)."""
+#: the training-step paths timed: (fused stack, fused Adam); the last is nfvi's default
+PATHS = {(False, False): "layer by layer, for-each Adam", (True, False): "fused, for-each Adam",
+         (True, True): "fused, fused Adam (default)"}
+
+
+def train_steps(K: int, device: torch.device, steps: int
+                ) -> tuple[dict[tuple[bool, bool], float], float]:
+    """({(fused stack, fused Adam): seconds per training step}, its matmul FLOPs: 3x the
+    forward's). The optimizer is nfvi's (``build_optimizer``, ``optim=adam``)."""
     x = torch.bernoulli(torch.full((BATCH, PIXELS), P_ON, device=device))
     fns = {}
-    for fused in (False, True):
+    for fused, fused_adam in PATHS:
         torch.manual_seed(0)
         model = shipped_model(K, fused).to(device)
         assert model.flow.uses_fused == (fused and K > 0)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = build_optimizer(model.parameters(), OptimConfig(fused=fused_adam))
 
         def step(model: FlowVAE = model, opt: torch.optim.Optimizer = opt) -> None:
             loss = model.elbo(x, beta=0.5).loss
@@ -122,7 +134,7 @@ def train_steps(K: int, device: torch.device, steps: int) -> tuple[dict[bool, fl
 
         for _ in range(3):
             step()
-        fns[fused] = step
+        fns[fused, fused_adam] = step
     flops = 3.0 * linear_flops(model, lambda: model.elbo(x, beta=0.5))
     rounds = 4
     return paired(fns, device, rounds, max(1, steps // rounds)), flops
@@ -183,11 +195,10 @@ def main() -> None:
         if K in args.iw_K:
             iw, iw_flops = iw_points(K, device, args.iw_points, args.iw_samples)
             iw_roof = iw_flops / rate
-        for fused in (False, True):
-            step = steps[fused]
-            label = "fused" if fused else "layer by layer"
-            speed = f"{steps[False] / step:.2f}x" if fused else ""
-            iw_cells = ["", "", "", ""] if iw is None else [
+        for (fused, fused_adam), label in PATHS.items():
+            step = steps[fused, fused_adam]
+            speed = f"{steps[False, False] / step:.2f}x" if fused else ""
+            iw_cells = ["", "", "", ""] if iw is None or fused_adam else [
                 f"{iw[fused]:.3f}", f"{iw_roof:.3f}", f"{iw[fused] / iw_roof:.1f}",
                 f"{iw[False] / iw[fused]:.2f}x" if fused else ""]
             print(f"| {K} | {label} | {step * 1e3:.1f} | {roof * 1e3:.1f} | {step / roof:.1f} "

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from nfvi.checkpoint import load_checkpoint
-from nfvi.config import Config, typed
+from nfvi.config import from_saved, typed
 from nfvi.data import binarize
 from nfvi.vae.evaluate import evaluate
 from nfvi.vae.model import FlowVAE
@@ -51,12 +51,12 @@ def main() -> None:
     torch.set_num_threads(1)
 
     ckpt = load_checkpoint(a.run / "checkpoints" / "best.pt")
-    base_cfg = typed(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"]))
+    base_cfg = typed(from_saved(ckpt["config"]))
     data = load_data(base_cfg, Console(quiet=True))
     dev = torch.device("cpu")
     x_test = eval_inputs(base_cfg, data, "test", dev, a.examples)
 
-    cfg_dict = OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])
+    cfg_dict = from_saved(ckpt["config"])
     if a.flow == "keep":  # the run's own trained flow, trained further
         own = ckpt["model"]
     elif a.flow != "none":

@@ -22,19 +22,15 @@ import torch
 from rich.console import Console
 
 from nfvi.checkpoint import load_checkpoint
-from nfvi.config import typed
+from nfvi.config import from_saved, typed
 from nfvi.flows.planar import Planar
 from nfvi.vae.model import FlowVAE
 from nfvi.vae.run import eval_inputs, load_data
 
 
 def stats(run: Path, checkpoint: str, n: int) -> dict:
-    from omegaconf import OmegaConf
-
-    from nfvi.config import Config
-
     ckpt = load_checkpoint(run / "checkpoints" / checkpoint)
-    cfg = typed(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"]))
+    cfg = typed(from_saved(ckpt["config"]))
     data = load_data(cfg, Console(quiet=True))
     x = eval_inputs(cfg, data, "val", torch.device("cpu"), n)
     model = FlowVAE.from_config(cfg, x.shape[1], data.image_shape)

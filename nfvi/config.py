@@ -238,6 +238,16 @@ def typed(cfg: Any) -> Config:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+def from_saved(saved: dict) -> Any:
+    """A saved run's config (a checkpoint's or config.yaml's plain dict) merged onto the
+    schema, as a DictConfig; older runs' keys brought up to date (``experiment`` -> ``name``)."""
+    from omegaconf import OmegaConf
+
+    if "experiment" in saved and "name" not in saved:  # runs made before the key's rename
+        saved = {("name" if k == "experiment" else k): v for k, v in saved.items()}
+    return OmegaConf.merge(OmegaConf.structured(Config), saved)
+
+
 def to_plain(cfg: Config) -> dict:
     """Plain containers with enums as strings: what checkpoints and config.yaml hold."""
     from omegaconf import OmegaConf

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nfvi import rundir
-from nfvi.config import Config, to_plain, to_yaml, typed, validate
+from nfvi.config import Config, from_saved, to_plain, to_yaml, typed, validate
 from nfvi.errors import CheckpointError, ConfigError, guard
 
 log = logging.getLogger("nfvi")
@@ -106,9 +106,7 @@ def run_info(cfg: Config, device) -> dict:
 
 def apply_overrides(saved: dict, overrides: list[str], keep: dict) -> Config:
     """A saved run's config with this command's overrides on top; model-defining keys refused."""
-    if "experiment" in saved and "name" not in saved:  # runs made before the key's rename
-        saved = {("name" if k == "experiment" else k): v for k, v in saved.items()}
-    base = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    base = from_saved(saved)
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")
         if key in ("resume", "checkpoint"):
