@@ -41,9 +41,12 @@ class TensorBoardLogger(NullLogger):
         self.writer.flush()
 
     def image(self, tag: str, path: Path, step: int) -> None:
-        from torchvision.io import ImageReadMode, read_image
+        import numpy as np
+        from PIL import Image  # matplotlib's dependency; torchvision's decoders are deprecated
 
-        self.writer.add_image(tag, read_image(str(path), ImageReadMode.RGB), step)
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))  # figures are RGBA: drop the alpha
+        self.writer.add_image(tag, pixels, step, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:
