@@ -22,15 +22,23 @@ from pathlib import Path
 
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rich.console import Console
 
 from nfvi.checkpoint import load_checkpoint
-from nfvi.config import from_saved, typed
+from nfvi.config import config_dir, from_saved, register_configs, typed
 from nfvi.data import binarize
 from nfvi.vae.evaluate import evaluate
 from nfvi.vae.model import FlowVAE
 from nfvi.vae.run import Batches, eval_inputs, load_data
+
+
+def shipped_flow(name: str):
+    """The ``flow`` group of ``nfvi train flow=NAME`` (its hparams and head settings)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=[f"flow={name}"]).flow
 
 
 def main() -> None:
@@ -60,7 +68,8 @@ def main() -> None:
     if a.flow == "keep":  # the run's own trained flow, trained further
         own = ckpt["model"]
     elif a.flow != "none":
-        cfg_dict.flow.name = a.flow
+        if a.flow != cfg_dict.flow.name:  # another flow: its shipped config (flow=NAME)
+            cfg_dict.flow = shipped_flow(a.flow)
         cfg_dict.K = a.K
         for item in a.override:
             key, value = item.split("=", 1)
