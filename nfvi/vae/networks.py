@@ -32,7 +32,9 @@ class Maxout(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.linear(x)
-        return y.view(*y.shape[:-1], self.out_features, self.pool).amax(-1)
+        # max, not amax: its backward scatters into the argmax (amax's compares every entry
+        # with the max to split ties, 3-4x slower on a CPU); the same gradient without ties
+        return y.view(*y.shape[:-1], self.out_features, self.pool).max(-1).values
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
