@@ -19,7 +19,8 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from nfvi.config import config_dir, register_configs, typed
+from nfvi.config import OptimConfig, config_dir, register_configs, typed
+from nfvi.optim import build_optimizer
 from nfvi.vae.model import FlowVAE
 
 
@@ -39,7 +40,7 @@ def sync(device: torch.device) -> None:
 def train_rate(flow: str, K: int, device: torch.device, steps: int, batch: int) -> float:
     torch.manual_seed(0)
     model = shipped_model(flow, K).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = build_optimizer(model.parameters(), OptimConfig())  # nfvi's Adam (fused)
     x = torch.bernoulli(torch.full((batch, 784), 0.13, device=device))
 
     def step() -> None:
