@@ -29,6 +29,7 @@ from rich.console import Console
 from nfvi.checkpoint import load_checkpoint
 from nfvi.config import config_dir, from_saved, register_configs, typed
 from nfvi.data import binarize
+from nfvi.schedules import lr_factor
 from nfvi.vae.evaluate import evaluate
 from nfvi.vae.model import FlowVAE
 from nfvi.vae.run import Batches, eval_inputs, load_data
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--train", choices=["head", "encoder"], default="encoder")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: from --lr to 0 over --steps (the default trainer's decay)")
     ap.add_argument("--examples", type=int, default=1000)
     ap.add_argument("--iw", type=int, default=500)
     ap.add_argument("--identity", action="store_true",
@@ -108,7 +111,9 @@ def main() -> None:
     batches = Batches(len(train_x), 100, cfg.seed + 7)
     gen = torch.Generator().manual_seed(cfg.seed + 8)
     start = time.perf_counter()
-    for _ in range(a.steps):
+    for step in range(a.steps):
+        for group in opt.param_groups:
+            group["lr"] = a.lr * lr_factor(step, a.lr_schedule, a.steps)
         x = binarize(train_x[batches.take()], str(cfg.dataset.binarize), generator=gen,
                      threshold=cfg.dataset.threshold)
         loss = model.elbo(x).loss
@@ -127,6 +132,7 @@ def main() -> None:
     row = {
         "run": str(a.run), "flow": a.flow, "K": cfg.K,
         "train": a.train if a.flow != "none" else "encoder", "steps": a.steps, "lr": a.lr,
+        "lr_schedule": a.lr_schedule,
         "override": a.override, "identity": a.identity,
         "run_neg_elbo": before.neg_elbo, "run_nll": before.nll,
         "run_gap": before.neg_elbo - before.nll,
