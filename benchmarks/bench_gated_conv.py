@@ -20,16 +20,13 @@ import math
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from nfvi.config import config_dir, register_configs, typed
+from nfvi.config import compose_config, typed
 from nfvi.vae.model import FlowVAE
 
 
 def build(flow: str, K: int, shape: tuple[int, int, int], device: torch.device) -> FlowVAE:
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = typed(compose("config", overrides=["model=gated_conv", f"flow={flow}", f"K={K}"]))
+    cfg = typed(compose_config("model=gated_conv", f"flow={flow}", f"K={K}"))
     torch.manual_seed(0)
     return FlowVAE.from_config(cfg, math.prod(shape), shape).to(device)
 

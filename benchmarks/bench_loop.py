@@ -38,10 +38,9 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from nfvi.config import config_dir, register_configs, typed
+from nfvi.config import compose_config, typed
 from nfvi.data import binarize
 from nfvi.training import Loop
 from nfvi.vae.run import VAETask
@@ -51,13 +50,9 @@ QUIET = Console(quiet=True)
 
 def default_config(K: int, device: str, compiled: bool, *overrides: str):
     """The typed config of ``nfvi train K=<K> dataset.source=bundled`` (plus ``overrides``)."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"K={K}", "dataset.source=bundled",
-                                           f"device={device}", "trainer.progress=false",
-                                           *(["trainer.compile=true"] if compiled else []),
-                                           *overrides])
-    return typed(cfg)
+    return typed(compose_config(f"K={K}", "dataset.source=bundled", f"device={device}",
+                                "trainer.progress=false",
+                                *(["trainer.compile=true"] if compiled else []), *overrides))
 
 
 def sync(device: torch.device) -> None:

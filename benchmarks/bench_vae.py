@@ -17,18 +17,15 @@ import argparse
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from nfvi.config import OptimConfig, config_dir, register_configs, typed
+from nfvi.config import OptimConfig, compose_config, typed
 from nfvi.optim import build_optimizer
 from nfvi.vae.model import FlowVAE
 
 
 def shipped_model(flow: str, K: int) -> FlowVAE:
     """The default model (``nfvi train flow=FLOW K=K``) on 28 x 28 binary images."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = typed(compose("config", overrides=[f"flow={flow}", f"K={K}"]))
+    cfg = typed(compose_config(f"flow={flow}", f"K={K}"))
     return FlowVAE.from_config(cfg, 784, (1, 28, 28))
 
 

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rich.console import Console
 
 from nfvi.checkpoint import load_checkpoint
-from nfvi.config import config_dir, from_saved, register_configs, typed
+from nfvi.config import compose_config, from_saved, typed
 from nfvi.data import binarize
 from nfvi.schedules import lr_factor
 from nfvi.vae.evaluate import evaluate
@@ -37,9 +36,7 @@ from nfvi.vae.run import Batches, eval_inputs, load_data
 
 def shipped_flow(name: str):
     """The ``flow`` group of ``nfvi train flow=NAME`` (its hparams and head settings)."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=[f"flow={name}"]).flow
+    return compose_config(f"flow={name}").flow
 
 
 def main() -> None:

@@ -276,6 +276,15 @@ def register_configs() -> None:
     cs.store(group="hydra/launcher", name="submitit_slurm_schema", node=fields)
 
 
+def compose_config(*overrides: str) -> Any:
+    """The DictConfig ``nfvi train OVERRIDES...`` composes (Hydra's compose API, no run)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def config_dir() -> Path:
     """The absolute path of the YAML configs (inside the wheel, or the source tree)."""
     here = Path(__file__).resolve().parent

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
-
-from nfvi.config import config_dir, register_configs
+from nfvi.config import compose_config
 
 
 def composed_config(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 def flow_config(name: str):
