@@ -10,7 +10,10 @@ time the model's matmul FLOPs would take at the matmul rate measured in the same
 square matmul). FLOPs are counted by hooks on every ``nn.Linear`` (``2 * rows * in * out``
 forward; a training step is forward + backward = 3x that, the backward being twice the
 forward); all else -- the flow's own layers, activations, the optimizer -- counts as zero, so
-step/roofline is how far a step is from being all matmul at the machine's best rate.
+step/roofline is how far a step is from being all matmul at the machine's best rate. The
+"matmuls alone" columns replay the same matmuls (same shapes and operand layouts) by
+themselves: step/matmuls is what the rest of the step (the flow, activations, optimizer,
+autograd) adds on top of the BLAS at these shapes, which run below the large-square rate.
 
     python benchmarks/bench_fused.py [--device cpu|cuda] [--threads N] [--steps 20]
         [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80]
@@ -82,21 +85,24 @@ def matmul_rate(device: torch.device, n: int) -> float:
     return 2.0 * n**3 / best
 
 
-def linear_flops(model: FlowVAE, fn: Callable[[], object]) -> float:
-    """Forward matmul FLOPs of one call of ``fn``: ``2 * rows * in * out`` per ``nn.Linear``,
-    the flow's parameter head included (it runs as an ``addmm`` of its weight, not a call)."""
-    total = [0.0]
+def linear_shapes(model: FlowVAE, fn: Callable[[], object]) -> list[tuple[int, int, int, bool]]:
+    """The matmuls of one call of ``fn``: ``(rows, in, out, input needs a gradient)`` per
+    ``nn.Linear`` call, the flow's parameter head included (it runs as an ``addmm`` of its
+    weight, not a call, once per context row: per sample in training, per test point in the
+    IS estimate, ``repeat=S``)."""
+    shapes: list[tuple[int, int, int, bool]] = []
     head = getattr(model.flow.source, "head", None)
 
     def linear(mod: nn.Linear, inputs, _output) -> None:
-        total[0] += 2.0 * inputs[0].numel() * mod.out_features
+        x = inputs[0]
+        shapes.append((x.numel() // mod.in_features, mod.in_features, mod.out_features,
+                       x.requires_grad))
 
     def flow(_mod: nn.Module, inputs, kwargs) -> None:
-        # the head runs once per context row: per sample in training, per test point in the
-        # IS estimate (``repeat=S``)
         context = inputs[1] if len(inputs) > 1 else kwargs.get("context")
         if head is not None and context is not None:
-            total[0] += 2.0 * context.shape[0] * head.in_features * head.out_features
+            shapes.append((context.shape[0], head.in_features, head.out_features,
+                           context.requires_grad))
 
     handles = [m.register_forward_hook(linear) for m in model.modules()
                if isinstance(m, nn.Linear) and m is not head]
@@ -106,7 +112,33 @@ def linear_flops(model: FlowVAE, fn: Callable[[], object]) -> float:
     finally:
         for h in handles:
             h.remove()
-    return total[0]
+    return shapes
+
+
+def gemm_seconds(shapes: list[tuple[int, int, int, bool]], device: torch.device,
+                 backward: bool, rounds: int = 5) -> float:
+    """Seconds the matmuls of ``shapes`` take when run alone at their own shapes, with the
+    operand layouts ``F.linear`` and its backward use: forward ``x @ W^T``; backward
+    ``g @ W`` (only where the input needs a gradient) and ``g^T @ x``. The fastest of
+    ``rounds`` passes: what this BLAS allows at these shapes, a tighter floor than the
+    large-square rate (small row counts and thin inner dimensions run below it)."""
+    ops = []
+    for rows, n_in, n_out, input_grad in shapes:
+        x = torch.randn(rows, n_in, device=device)
+        w = torch.randn(n_out, n_in, device=device)
+        b = torch.randn(n_out, device=device)
+        ops.append(lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()))
+        if backward:
+            g = torch.randn(rows, n_out, device=device)
+            if input_grad:
+                ops.append(lambda g=g, w=w: torch.mm(g, w))
+            ops.append(lambda g=g, x=x: torch.mm(g.t(), x))
+
+    def all_ops() -> None:
+        for op in ops:
+            op()
+
+    return min(timed(all_ops, device, 1, warmup=1) for _ in range(rounds))
 
 
 #: the training-step paths timed: (fused stack, fused Adam); the last is nfvi's default
@@ -115,9 +147,10 @@ PATHS = {(False, False): "layer by layer, for-each Adam", (True, False): "fused,
 
 
 def train_steps(K: int, device: torch.device, steps: int
-                ) -> tuple[dict[tuple[bool, bool], float], float]:
+                ) -> tuple[dict[tuple[bool, bool], float], float, float]:
     """({(fused stack, fused Adam): seconds per training step}, its matmul FLOPs: 3x the
-    forward's). The optimizer is nfvi's (``build_optimizer``, ``optim=adam``)."""
+    forward's, the seconds its matmuls take alone at their shapes). The optimizer is nfvi's
+    (``build_optimizer``, ``optim=adam``)."""
     x = torch.bernoulli(torch.full((BATCH, PIXELS), P_ON, device=device))
     fns = {}
     for fused, fused_adam in PATHS:
@@ -135,15 +168,18 @@ def train_steps(K: int, device: torch.device, steps: int
         for _ in range(3):
             step()
         fns[fused, fused_adam] = step
-    flops = 3.0 * linear_flops(model, lambda: model.elbo(x, beta=0.5))
+    shapes = linear_shapes(model, lambda: model.elbo(x, beta=0.5))
+    flops = 3.0 * sum(2.0 * r * i * o for r, i, o, _ in shapes)
     rounds = 4
-    return paired(fns, device, rounds, max(1, steps // rounds)), flops
+    times = paired(fns, device, rounds, max(1, steps // rounds))
+    return times, flops, gemm_seconds(shapes, device, backward=True)
 
 
 def iw_points(K: int, device: torch.device, points: int, samples: int
-              ) -> tuple[dict[bool, float], float]:
+              ) -> tuple[dict[bool, float], float, float]:
     """({fused: seconds of ``iw_nll`` per test point at ``samples`` samples}, matmul FLOPs per
-    point); groups of (up to) 10 points, fused and not in turn."""
+    point, the seconds per point of its matmuls alone at their shapes); groups of (up to) 10
+    points, fused and not in turn."""
     x = torch.bernoulli(torch.full((points, PIXELS), P_ON, device=device))
     chunk = 500 if device.type == "cpu" else 5000
     group = min(points, 10)
@@ -158,8 +194,11 @@ def iw_points(K: int, device: torch.device, points: int, samples: int
             total[fused] += timed(lambda m=model, i=i: m.iw_nll(x[i : i + group], samples, chunk),
                                   device, 1, warmup=0)
     model = models[True]
-    flops = linear_flops(model, lambda: model.iw_nll(x[:group], samples, chunk)) / group
-    return {k: t / points for k, t in total.items()}, flops
+    with torch.inference_mode():
+        shapes = linear_shapes(model, lambda: model.iw_nll(x[:group], samples, chunk))
+    flops = sum(2.0 * r * i * o for r, i, o, _ in shapes) / group
+    gemm = gemm_seconds(shapes, device, backward=False, rounds=2) / group
+    return {k: t / points for k, t in total.items()}, flops, gemm
 
 
 def main() -> None:
@@ -185,23 +224,26 @@ def main() -> None:
     print(f"torch {torch.__version__}, {what}; float32 matmul rate "
           f"{rate / 1e9:.1f} GFLOP/s ({args.matmul_n}^3); batch {BATCH}, "
           f"{args.steps} steps, IS S={args.iw_samples} over {args.iw_points} points\n")
-    print("| K | path | step ms | step roofline ms | step/roofline | speed-up "
-          "| IS s/point | IS roofline s/point | IS/roofline | IS speed-up |")
-    print("|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| K | path | step ms | step roofline ms | step/roofline | step matmuls alone ms "
+          "| step/matmuls | speed-up | IS s/point | IS roofline s/point | IS/roofline "
+          "| IS matmuls alone s/point | IS/matmuls | IS speed-up |")
+    print("|---:|:---|" + "---:|" * 12)
     for K in args.K:
-        steps, flops = train_steps(K, device, args.steps)
+        steps, flops, gemm = train_steps(K, device, args.steps)
         roof = flops / rate
-        iw = iw_roof = None
+        iw = iw_roof = iw_gemm = None
         if K in args.iw_K:
-            iw, iw_flops = iw_points(K, device, args.iw_points, args.iw_samples)
+            iw, iw_flops, iw_gemm = iw_points(K, device, args.iw_points, args.iw_samples)
             iw_roof = iw_flops / rate
         for (fused, fused_adam), label in PATHS.items():
             step = steps[fused, fused_adam]
             speed = f"{steps[False, False] / step:.2f}x" if fused else ""
-            iw_cells = ["", "", "", ""] if iw is None or fused_adam else [
-                f"{iw[fused]:.3f}", f"{iw_roof:.3f}", f"{iw[fused] / iw_roof:.1f}",
+            iw_cells = [""] * 6 if iw is None or fused_adam else [
+                f"{iw[fused]:.3f}", f"{iw_roof:.3f}", f"{iw[fused] / iw_roof:.2f}",
+                f"{iw_gemm:.3f}", f"{iw[fused] / iw_gemm:.2f}",
                 f"{iw[False] / iw[fused]:.2f}x" if fused else ""]
-            print(f"| {K} | {label} | {step * 1e3:.1f} | {roof * 1e3:.1f} | {step / roof:.1f} "
+            print(f"| {K} | {label} | {step * 1e3:.1f} | {roof * 1e3:.1f} | {step / roof:.2f} "
+                  f"| {gemm * 1e3:.1f} | {step / gemm:.2f} "
                   f"| {speed} | " + " | ".join(iw_cells) + " |", flush=True)
 
 if __name__ == "__main__":

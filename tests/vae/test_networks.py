@@ -24,3 +24,24 @@ def test_maxout_is_the_max_over_each_window_and_routes_the_gradient_to_it():
     # only the rows of W that won a window for some example get a gradient
     won = {j * 4 + int(i) for j in range(3) for i in pre.argmax(-1)[:, j]}
     assert {int(r) for r in torch.nonzero(grads[1].abs().sum(1))} == won
+
+
+def test_maxout_without_grad_gives_the_same_values():
+    """The evaluation path (no autograd) and the training path agree with the reduction."""
+    torch.manual_seed(1)
+    layer = Maxout(6, 5, 3)
+    x = torch.randn(4, 2, 6)
+    with torch.inference_mode():
+        y = layer(x)
+        ref = layer.linear(x).view(4, 2, 5, 3).max(-1).values
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), ref, rtol=0, atol=0)
+
+
+def test_maxout_with_pool_one_is_the_linear_layer():
+    """pool = 1 is a plain linear layer, values and gradients."""
+    torch.manual_seed(2)
+    layer = Maxout(3, 2, 1).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(layer(x), layer.linear(x), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(layer, (x,))
