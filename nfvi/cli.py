@@ -70,6 +70,9 @@ def report(
     by: Annotated[str | None, typer.Option("--by", help="Group keys, e.g. K,flow.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
     out: Annotated[Path | None, typer.Option("-o", "--output", help="Where files go.")] = None,
+    evaluations: Annotated[bool, typer.Option(
+        "--eval", help="Use each run's newest `nfvi eval` of the test split for its test "
+        "results (e.g. re-evaluated at a larger S).")] = False,
 ) -> None:
     """Compare runs: group by the config values that differ, aggregate seeds, draw figures."""
     from nfvi.errors import guard
@@ -78,7 +81,7 @@ def report(
         from nfvi.report.main import report as run_report
 
         code = run_report([str(p) for p in paths], by.split(",") if by else None, fmt,
-                          str(out) if out else None)
+                          str(out) if out else None, evaluations)
     raise typer.Exit(code)
 
 

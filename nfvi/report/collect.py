@@ -4,7 +4,8 @@ A run directory is one with a ``.nfvi-run`` marker (written when the run starts)
 *finished* when it holds ``summary.json``; otherwise it is unfinished (it logged metrics) or
 failed (it logged nothing). Evaluations (``<run>/eval/<timestamp>/``, which hold ``eval.json``)
 are not runs: the walk never descends into a run directory, and a marked directory holding
-``eval.json`` is skipped.
+``eval.json`` is skipped. With ``evaluations=True`` (``nfvi report --eval``) a run's newest
+evaluation of the test split stands in for the test results of its training.
 
 No torch, no Hydra here: ``nfvi report`` must start fast.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from nfvi.errors import ConfigError
 from nfvi.rundir import (
     CONFIG,
+    EVAL_RESULT,
     METRICS,
     RUN_MARKER,
     SUMMARY,
@@ -53,10 +55,13 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     #: "finished", "unfinished (last step N)" or "failed: ..."
     status: str = "finished"
+    #: the ``nfvi eval`` directory whose test results replace the training-time ones
+    evaluation: Path | None = None
 
     def per_example(self, split: str = "test") -> dict[str, list[float]] | None:
         """The per-point values of the run's evaluation (``<split>_per_example.json``)."""
-        data, _ = read_summary(self.path / per_example_file(split))
+        where = self.evaluation if self.evaluation is not None and split == "test" else self.path
+        data, _ = read_summary(where / per_example_file(split))
         return data
 
     @property
@@ -113,8 +118,28 @@ def _read_yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def load_run(path: Path, name: str | None = None) -> Run:
-    """Load one run directory (which must hold the marker)."""
+#: eval.json keys that replace the summary's: the test results and how they were measured
+_EVAL_KEYS = ("iw_samples", "elbo_samples", "eval_seconds", "eval_chunk", "eval_peak_memory_mb",
+              "eval_memory_kind")
+
+
+def newest_test_evaluation(path: Path) -> tuple[Path, dict] | None:
+    """``(dir, eval.json)`` of the newest readable ``<run>/eval/<stamp>/`` of the test split
+    (stamps sort by time), or ``None``."""
+    root = path / "eval"
+    if not root.is_dir():
+        return None
+    for d in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        data, _ = read_summary(d / EVAL_RESULT)
+        if data is not None and data.get("split") == "test" and "test_nll" in data:
+            return d, data
+    return None
+
+
+def load_run(path: Path, name: str | None = None, evaluations: bool = False) -> Run:
+    """Load one run directory (which must hold the marker); with ``evaluations`` the test
+    results (``test_*`` and how they were measured) come from the run's newest ``nfvi eval``
+    of the test split, when it has one."""
     path = Path(path)
     raw = {}
     for candidate in (path / CONFIG, path / ".hydra" / "config.yaml"):
@@ -133,6 +158,15 @@ def load_run(path: Path, name: str | None = None) -> Run:
     metrics = read_metrics(path / METRICS)
     run = Run(path=path, name=name or str(path), config=config, summary=summary,
               metrics=metrics)
+    found = newest_test_evaluation(path) if evaluations and summary is not None else None
+    if found is not None:
+        run.evaluation, result = found
+        summary = dict(summary)
+        for key in [k for k in summary if k.startswith("test_") or k in _EVAL_KEYS]:
+            del summary[key]
+        summary.update({k: v for k, v in result.items()
+                        if k.startswith("test_") or k in _EVAL_KEYS})
+        run.summary = summary
     if summary is not None:
         run.status = "finished"
     elif problem is not None:
@@ -172,8 +206,9 @@ def find_run_dirs(root: Path) -> list[Path]:
     return found
 
 
-def find_runs(paths: list[str]) -> list[Run]:
-    """Load every run below ``paths`` (each run once, sorted by path).
+def find_runs(paths: list[str], evaluations: bool = False) -> list[Run]:
+    """Load every run below ``paths`` (each run once, sorted by path); ``evaluations``: see
+    :func:`load_run`.
 
     Raises :class:`ConfigError` for a path that does not exist or is not a directory.
     """
@@ -194,4 +229,4 @@ def find_runs(paths: list[str]) -> list[Run]:
                                   "folder of runs (e.g. outputs)")
         for d in find_run_dirs(root.resolve()):
             seen.setdefault(d, None)
-    return [load_run(d, _display_name(d)) for d in sorted(seen)]
+    return [load_run(d, _display_name(d), evaluations) for d in sorted(seen)]

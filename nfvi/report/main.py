@@ -138,6 +138,10 @@ def to_markdown(report: Report, paths: list[str], figures: list[Path]) -> str:
         "Cells are mean ± sample std over the runs (seeds) of a group; a single run shows its "
         "value alone.",
     ]
+    n_eval = sum(r.evaluation is not None for r in report.runs)
+    if n_eval:
+        lines.append(f"Test results of {n_eval} runs are their newest `nfvi eval` of the test "
+                     "split (`--eval`), not the evaluation at the end of training.")
     for task in report.tasks():
         keys = report.by[task]
         metrics = report.metrics(task)
@@ -249,8 +253,11 @@ def _out_dir(paths: list[str], out_dir: str | None) -> Path:
     return out
 
 
-def report(paths: list[str], by: list[str] | None, fmt: str, out_dir: str | None) -> int:
-    """Run ``nfvi report``; returns the exit code (0). Bad input raises :class:`ConfigError`."""
+def report(paths: list[str], by: list[str] | None, fmt: str, out_dir: str | None,
+           evaluations: bool = False) -> int:
+    """Run ``nfvi report``; returns the exit code (0). Bad input raises :class:`ConfigError`.
+    ``evaluations``: each run's newest ``nfvi eval`` of the test split replaces its
+    training-time test results (``nfvi report --eval``)."""
     from nfvi.report.figures import draw_all
     from nfvi.rundir import atomic_write_text
 
@@ -259,7 +266,7 @@ def report(paths: list[str], by: list[str] | None, fmt: str, out_dir: str | None
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
     paths = [str(p) for p in paths]
-    runs = find_runs(paths)
+    runs = find_runs(paths, evaluations)
     if not runs:
         raise ConfigError(f"no runs found below {', '.join(paths)}; a run directory holds a "
                           ".nfvi-run file: pass outputs/ or a run directory")

@@ -28,6 +28,8 @@ class EvalResult:
     examples: int
     iw_samples: int
     seconds: float
+    #: samples per point behind ``neg_elbo``, ``recon``, ``kl`` (the IS samples)
+    elbo_samples: int = 1
     chunk: int = 0  # samples per example per pass of the IS estimate
     #: peak memory of the evaluation in MiB: CUDA memory allocated on a GPU, else the
     #: process's peak resident set (which includes everything loaded before)
@@ -104,7 +106,9 @@ def evaluate(
     seed: int,
     memory_gb: float | None = None,
 ) -> EvalResult:
-    """-ELBO and ``-ln p(x)`` (``iw_samples`` importance samples) over data ``x [N, P]``.
+    """-ELBO and ``-ln p(x)`` over data ``x [N, P]``, both from the same ``iw_samples``
+    samples of q_K per point (:meth:`FlowVAE.iw_nll`): the IS bound, and the ELBO as the mean
+    log-weight (recorded as ``elbo_samples``; before, -ELBO came from one sample per point).
 
     Runs under :func:`seeded_eval` and ``torch.inference_mode``; with ``memory_gb`` the IS
     passes take :func:`choose_chunk` samples per example instead of ``chunk``.
@@ -115,13 +119,15 @@ def evaluate(
     with seeded_eval(model, x.device, seed), torch.inference_mode():
         if memory_gb is not None:
             chunk = choose_chunk(model, x, batch_size, iw_samples, memory_gb)
-        neg_elbo, recon, kl = negative_elbo(model, x, batch_size)
-        nll = torch.cat(
-            [
-                model.iw_nll(x[i : i + batch_size], iw_samples, chunk).nll
-                for i in range(0, x.shape[0], batch_size)
-            ]
-        )
+        est = [model.iw_nll(x[i : i + batch_size], iw_samples, chunk)
+               for i in range(0, x.shape[0], batch_size)]
+        nll = torch.cat([e.nll for e in est])
+        # -ELBO and its terms from the IS samples: the same expectation as one sample per
+        # point, with S times less variance (the paired gap's standard error is then the
+        # spread of the gap over points, not the noise of a one-sample ELBO)
+        neg_elbo = torch.cat([e.neg_elbo for e in est])
+        recon = torch.cat([e.recon for e in est])
+        kl = neg_elbo - recon
     peak, kind = _peak_memory(x.device)
     elbo_m, elbo_se = _mean_stderr(neg_elbo)
     nll_m, nll_se = _mean_stderr(nll)
@@ -134,6 +140,7 @@ def evaluate(
         kl=kl.mean().item(),
         examples=x.shape[0],
         iw_samples=iw_samples,
+        elbo_samples=iw_samples,
         seconds=time.perf_counter() - start,
         chunk=min(chunk, iw_samples),
         peak_memory_mb=peak,

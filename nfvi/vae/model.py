@@ -75,10 +75,17 @@ class ElboTerms:
 
 @dataclass
 class IWEstimate:
-    """``-ln p(x)`` per example ``[B]`` from ``S`` importance samples."""
+    """Per example ``[B]``, from the same ``S`` samples ``z_s ~ q_K(z|x)``: ``-ln p(x)``
+    (``nll``, the importance-weighted bound of Burda et al. 2016), ``-ELBO`` at beta = 1
+    (``neg_elbo = -(1/S) sum_s ln w_s``, ``w_s = p(x, z_s) / q_K(z_s|x)``: the ELBO's
+    S-sample Monte Carlo estimate, whose variance falls as 1/S) and its reconstruction term
+    (``recon = -(1/S) sum_s ln p(x|z_s)``). Per example ``neg_elbo - nll >= 0`` (Jensen over
+    the S samples), so the gap estimate is never negative and carries little sampling noise."""
 
     nll: Tensor
     samples: int
+    neg_elbo: Tensor | None = None
+    recon: Tensor | None = None
 
 
 class FlowVAE(nn.Module):
@@ -221,20 +228,24 @@ class FlowVAE(nn.Module):
 
     def iw_log_weights(self, x: Tensor, mu: Tensor, log_var: Tensor, features: Tensor,
                        n: int) -> Tensor:
-        """``ln p(x, z_s) - ln q_K(z_s|x)`` ``[n, B]`` for ``n`` fresh samples per example of
-        the posterior ``(mu, log_var, features)`` (``[B, D]``, ``[B, D]``, ``[B, H]``) of
-        ``x [B, P]``: one chunk of :meth:`iw_nll`, a pure function of its inputs and the RNG
-        (so it can be compiled; ``n`` is a constant of the compiled graph). The features are
-        not repeated: the flow's amortized head runs once per example (``repeat=n``)."""
+        """``[2, n, B]``: ``ln p(x, z_s) - ln q_K(z_s|x)`` (row 0) and ``ln p(x|z_s)`` (row 1)
+        for ``n`` fresh samples per example of the posterior ``(mu, log_var, features)``
+        (``[B, D]``, ``[B, D]``, ``[B, H]``) of ``x [B, P]``: one chunk of :meth:`iw_nll`, a
+        pure function of its inputs and the RNG (so it can be compiled; ``n`` is a constant of
+        the compiled graph). The features are not repeated: the flow's amortized head runs
+        once per example (``repeat=n``)."""
         B = x.shape[0]
         rep = Posterior(mu.repeat(n, 1), log_var.repeat(n, 1), features)
         s = self.sample_posterior(rep, repeat=n)
-        log_joint = self.log_likelihood(x.repeat(n, 1), s.zk) + log_normal_std(s.zk)
-        return (log_joint - s.log_qk).view(n, B)
+        log_lik = self.log_likelihood(x.repeat(n, 1), s.zk)
+        log_w = log_lik + log_normal_std(s.zk) - s.log_qk
+        return torch.stack((log_w, log_lik)).view(2, n, B)
 
     @torch.no_grad()
     def iw_nll(self, x: Tensor, samples: int, chunk: int = 500) -> IWEstimate:
-        """``-ln p(x) ~ -ln (1/S) sum_s exp(ln p(x, z_s) - ln q_K(z_s|x))``, ``x [B, P]``.
+        """``-ln p(x) ~ -ln (1/S) sum_s exp(ln w_s)``, ``ln w_s = ln p(x, z_s) - ln q_K(z_s|x)``,
+        ``x [B, P]``, and from the same samples the S-sample ``-ELBO = -(1/S) sum_s ln w_s``
+        (:class:`IWEstimate`).
 
         The encoder and the flow's amortized head run once per x; the S samples go through
         the flow and decoder in chunks of ``chunk`` samples per example (:meth:`iw_log_weights`);
@@ -242,11 +253,12 @@ class FlowVAE(nn.Module):
         """
         post = self.encode(x)
         per_chunk = self.iw_chunk_fn or self.iw_log_weights
-        log_w = [per_chunk(x, post.mu, post.log_var, post.features, min(chunk, samples - start))
+        parts = [per_chunk(x, post.mu, post.log_var, post.features, min(chunk, samples - start))
                  for start in range(0, samples, chunk)]
-        w = torch.cat(log_w, dim=0)  # [S, B]
-        log_px = torch.logsumexp(w, dim=0) - math.log(samples)
-        return IWEstimate(nll=-log_px, samples=samples)
+        w = torch.cat(parts, dim=1)  # [2, S, B]
+        log_px = torch.logsumexp(w[0], dim=0) - math.log(samples)
+        return IWEstimate(nll=-log_px, samples=samples, neg_elbo=-w[0].mean(0),
+                          recon=-w[1].mean(0))
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -252,6 +252,7 @@ def split_results(split: str, res: EvalResult, pixels: int | None = None) -> dic
            f"{split}_recon": res.recon, f"{split}_kl": res.kl,
            f"{split}_gap": res.neg_elbo - res.nll,
            f"{split}_examples": res.examples, "iw_samples": res.iw_samples,
+           "elbo_samples": res.elbo_samples,
            "eval_seconds": res.seconds, "eval_chunk": res.chunk,
            "eval_peak_memory_mb": res.peak_memory_mb, "eval_memory_kind": res.memory_kind}
     if pixels is not None:

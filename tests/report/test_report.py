@@ -419,6 +419,49 @@ def test_paired_differences_to_k0_match_a_hand_computation(tmp_path):
     assert k8.stats["test_gap"].mean == pytest.approx(4.0)
 
 
+def test_eval_flag_uses_the_newest_test_evaluation(tmp_path, capsys):
+    """``--eval``: a run's newest ``eval/<stamp>/`` of the test split replaces its test
+    results and per-point values (for the paired columns); a newer validation-split
+    evaluation, or an unreadable one, does not; runs without one keep their own."""
+    runs = tmp_path / "runs"
+    for K in (0, 8):
+        cfg = config(K=K, seed=0)
+        d = write_run(runs / f"K{K}", cfg, vae_summary(cfg, 90.0, 95.0), val_curve(120.0))
+        (d / "test_per_example.json").write_text(json.dumps(
+            {"split": "test", "iw_samples": 200, "nll": [90.0, 90.0], "neg_elbo": [95.0, 95.0]}))
+    k8 = runs / "K8"
+
+    def evaluation(stamp: str, split: str, nll: float, per_point: list[float] | None) -> None:
+        ev = k8 / "eval" / stamp
+        ev.mkdir(parents=True)
+        (ev / ".nfvi-run").write_text("pid 1\n")
+        result = {"split": split, f"{split}_nll": nll, f"{split}_neg_elbo": nll + 3.0,
+                  f"{split}_gap": 3.0, "iw_samples": 5000, "elbo_samples": 5000}
+        (ev / "eval.json").write_text(json.dumps(result))
+        if per_point is not None:
+            (ev / f"{split}_per_example.json").write_text(json.dumps(
+                {"split": split, "nll": per_point, "neg_elbo": [v + 3.0 for v in per_point]}))
+
+    evaluation("2026-01-01_00-00-00", "test", 70.0, [70.0, 70.0])
+    evaluation("2026-01-02_00-00-00", "test", 88.0, [87.0, 89.0])  # the newest of the test split
+    evaluation("2026-01-03_00-00-00", "val", 10.0, None)
+    (k8 / "eval" / "2026-01-04_00-00-00").mkdir()  # unreadable: no eval.json
+
+    def k8_group(evaluations: bool):
+        rep = build_report(find_runs([str(runs)], evaluations))
+        return next(g for g in rep.groups if g.value("K") == 8)
+
+    own, new = k8_group(False), k8_group(True)
+    assert own.stats["test_nll"].mean == 90.0 and own.stats["paired_d_nll"].mean == 0.0
+    assert new.stats["test_nll"].mean == 88.0 and new.stats["test_gap"].mean == 3.0
+    assert new.stats["paired_d_nll"].mean == pytest.approx(-2.0)
+    assert new.stats["paired_d_gap"].mean == pytest.approx(-2.0)
+    (run,) = [r for r in find_runs([str(runs)], True) if r.path == k8]
+    assert run.summary["iw_samples"] == 5000 and run.evaluation.name == "2026-01-02_00-00-00"
+    report([str(runs)], None, "markdown", str(tmp_path / "out"), evaluations=True)
+    assert "Test results of 1 runs are their newest `nfvi eval`" in capsys.readouterr().out
+
+
 def test_bits_per_dim_columns_appear_only_for_runs_that_have_them(tmp_path, capsys):
     root = tmp_path / "runs"
     for seed, nll in enumerate((3000.0, 3010.0)):  # 8-bit data: summaries carry bits/dim

@@ -48,3 +48,13 @@ def test_a_budget_that_fits_every_sample_gives_the_one_pass_estimate():
 def test_peak_memory_is_reported():
     res = evaluate(small_model(), data(), iw_samples=8, chunk=8, batch_size=4, seed=0)
     assert res.memory_kind == "process_peak_rss" and res.peak_memory_mb > 1.0
+
+
+def test_elbo_comes_from_the_importance_samples():
+    """The evaluation's -ELBO, recon and KL are the S-sample estimates of the IS pass: every
+    point's gap -ELBO - NLL is >= 0, recon + KL = -ELBO, and elbo_samples records S."""
+    res = evaluate(small_model(K=2), data(), iw_samples=40, chunk=16, batch_size=4, seed=1)
+    assert res.elbo_samples == 40
+    gaps = torch.tensor(res.per_example["neg_elbo"]) - torch.tensor(res.per_example["nll"])
+    assert (gaps >= 0).all() and gaps.max() > 0
+    assert math.isclose(res.recon + res.kl, res.neg_elbo, rel_tol=0, abs_tol=1e-9)

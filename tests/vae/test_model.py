@@ -127,6 +127,31 @@ def test_elbo_terms_add_up_and_bound_the_nll(setup):
     assert (neg_elbo >= -exact - 3 * stderr).all()
 
 
+def test_iw_estimate_carries_the_s_sample_elbo_of_the_same_samples(setup):
+    """IWEstimate.neg_elbo is the ELBO's S-sample estimate: its mean matches the one-sample
+    -ELBO of training averaged over many draws (and so do the recon terms), per point it is
+    never below the IS bound of the same samples, and it is S times less noisy."""
+    model, x, _ = setup
+    torch.manual_seed(14)
+    reps = 20000
+    one = model.elbo(x.repeat(reps, 1))
+    one_elbo = one.neg_elbo.view(reps, -1)
+    se = one_elbo.std(0) / math.sqrt(reps)
+    torch.manual_seed(15)
+    est = model.iw_nll(x, samples=reps, chunk=5000)
+    assert est.neg_elbo.shape == est.recon.shape == (4,)
+    assert ((est.neg_elbo - one_elbo.mean(0)).abs() < 4 * se * math.sqrt(2)).all()
+    recon_se = one.recon.view(reps, -1).std(0) / math.sqrt(reps)
+    assert ((est.recon - one.recon.view(reps, -1).mean(0)).abs()
+            < 4 * recon_se * math.sqrt(2)).all()
+    small = [model.iw_nll(x, samples=50, chunk=20) for _ in range(30)]
+    assert all((e.neg_elbo >= e.nll).all() for e in small)
+    spread = torch.stack([e.neg_elbo for e in small]).std(0)
+    # one-sample spread / sqrt(50), within the noise of a 30-draw std
+    ratio = spread / (one_elbo.std(0) / math.sqrt(50))
+    assert ((ratio > 0.6) & (ratio < 1.5)).all(), ratio
+
+
 def test_annealed_loss_is_the_papers_free_energy():
     model = small_model(K=0)
     x = torch.bernoulli(torch.full((8, 6), 0.5, dtype=torch.float64))
