@@ -28,8 +28,7 @@ from rich.console import Console
 from nfvi.checkpoint import load_checkpoint
 from nfvi.config import from_saved, typed
 from nfvi.vae.evaluate import evaluate
-from nfvi.vae.model import FlowVAE
-from nfvi.vae.run import eval_inputs, load_data
+from nfvi.vae.run import build_model, eval_inputs, load_data
 
 
 def per_point(run: Path, S: list[int], examples: int, chunk: int) -> tuple[str, dict]:
@@ -38,7 +37,7 @@ def per_point(run: Path, S: list[int], examples: int, chunk: int) -> tuple[str, 
     cfg = typed(from_saved(ckpt["config"]))
     data = load_data(cfg, Console(quiet=True))
     x = eval_inputs(cfg, data, "test", torch.device("cpu"), examples)
-    model = FlowVAE.from_config(cfg, x.shape[1], data.image_shape)
+    model = build_model(cfg, data)
     model.load_state_dict(ckpt["model"])
     model.eval()
     out: dict = {}

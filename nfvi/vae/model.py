@@ -83,9 +83,9 @@ class IWEstimate:
     the S samples), so the gap estimate is never negative and carries little sampling noise."""
 
     nll: Tensor
+    neg_elbo: Tensor
+    recon: Tensor
     samples: int
-    neg_elbo: Tensor | None = None
-    recon: Tensor | None = None
 
 
 class FlowVAE(nn.Module):
