@@ -40,9 +40,9 @@ BATCH, PIXELS, P_ON = 100, 784, 0.13
 
 
 def shipped_model(K: int, fused: bool) -> FlowVAE:
-    """The default model with ``flow=planar``'s shipped settings (centered, head gain auto)."""
+    """The default model with ``flow=planar``'s shipped settings (centered, head gain 0.2)."""
     model = FlowVAE(PIXELS, 40, [400, 400], "maxout", 4, "planar", K, True,
-                    flow_hparams={"centered": True}, head_gain=None)
+                    flow_hparams={"centered": True}, head_gain=0.2)
     model.flow.fused = fused
     return model
 
