@@ -2,8 +2,8 @@
 and written atomically. matplotlib is imported inside the functions: importing this module is
 cheap.
 
-* ``nll_vs_K.png``: test NLL and test -ELBO against K, one line per flow (and per other group
-  key), mean +- sample std over seeds (R&M 2015, Figure 4).
+* ``nll_vs_K.png``: test NLL, test -ELBO and their gap against K, one line per flow (and per
+  other group key), mean +- sample std over seeds (R&M 2015, Figure 4).
 * ``learning_curves.png``: validation -ELBO against the step, one line per group (mean over
   seeds, band +- std), overlaid.
 * ``energy_grid.png``: each energy run's ``density.png`` (true density | q_K), rows
@@ -80,18 +80,29 @@ def _errorbar_panel(ax, runs: list[Run], keys: list[str], metric: str, ylabel: s
         ax.legend(fontsize=8)
 
 
-def nll_vs_k(report: Report, out_dir: Path) -> Path | None:
+def nll_figure(report: Report):
+    """Figure 4 of Rezende & Mohamed as three panels against K, mean ± std over seeds: test
+    NLL, test -ELBO (the bound) and the gap -ELBO - NLL; ``None`` without VAE runs."""
     runs = [r for g in report.groups_of("vae") for r in g.runs]
     if not runs:
         return None
     keys = report.by["vae"]
-    fig = _figure(11, 4.2)
-    ax1, ax2 = fig.subplots(1, 2)
+    fig = _figure(15, 4.2)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
     _errorbar_panel(ax1, runs, keys, "test_nll", "test NLL (nats)")
     _errorbar_panel(ax2, runs, keys, "test_neg_elbo", "test -ELBO (nats)")
+    _errorbar_panel(ax3, runs, keys, "test_gap", "test -ELBO - NLL (nats)")
     ax1.set_title("test NLL vs flow length")
     ax2.set_title("test -ELBO vs flow length")
+    ax3.set_title("gap -ELBO - NLL vs flow length")
     fig.suptitle("mean ± std over seeds")
+    return fig
+
+
+def nll_vs_k(report: Report, out_dir: Path) -> Path | None:
+    fig = nll_figure(report)
+    if fig is None:
+        return None
     return _save(fig, out_dir / "nll_vs_K.png")
 
 

@@ -119,6 +119,28 @@ def test_figures_are_written(real, tmp_path, capsys):
     assert "![nll_vs_K](nll_vs_K.png)" in (tmp_path / "report.md").read_text()
 
 
+def test_nll_figure_has_the_gap_panel_of_figure_4(real):
+    from nfvi.report.figures import nll_figure
+
+    runs = [r for r in find_runs([str(real)]) if r.summary]
+    fig = nll_figure(build_report(runs, ["flow", "K"]))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["test NLL vs flow length", "test -ELBO vs flow length",
+                      "gap -ELBO - NLL vs flow length"]
+    # the gap panel plots, per flow and K, the seeds' mean of -ELBO - NLL
+    expected = {}
+    for r in runs:
+        s = r.summary
+        expected.setdefault(s["flow"], {}).setdefault(s["K"], []).append(
+            s["test_neg_elbo"] - s["test_nll"])
+    lines = fig.axes[2].get_lines()
+    plotted = sorted(tuple(line.get_ydata()) for line in lines if line.get_marker() == "o")
+    want = sorted(tuple(statistics.mean(v[k]) for k in sorted(v)) for v in expected.values())
+    assert len(plotted) == len(want) == 2
+    for got, exp in zip(plotted, want, strict=True):
+        assert got == pytest.approx(exp, abs=1e-4)
+
+
 def test_formats_parse_and_agree(real, tmp_path, capsys):
     report([str(real)], None, "csv", str(tmp_path))
     out = capsys.readouterr().out
