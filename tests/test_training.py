@@ -106,7 +106,7 @@ def test_the_logged_loss_is_the_mean_over_the_window(tmp_path):
 
     def recording(beta):
         out = original(beta)
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
         return out
 
     task.objective = recording
