@@ -64,21 +64,16 @@ class Proposal:
 
 
 def log_weights(model: FlowVAE, x: Tensor, q: Proposal, n: int) -> Tensor:
-    """``ln p(x, z_s) - ln q(z_s|x)`` ``[n, B]`` for ``n`` reparameterized samples per point."""
-    if model.standardized:
-        raise SystemExit("gap_decomposition: flow.standardized=true runs are not supported")
+    """``ln p(x, z_s) - ln q(z_s|x)`` ``[n, B]`` for ``n`` reparameterized samples per point:
+    the model's own IS pass (:meth:`FlowVAE.iw_log_weights`) with ``h`` as the flow's context,
+    or, with ``h`` None, the diagonal Gaussian alone (no flow)."""
+    if q.h is not None:
+        return model.iw_log_weights(x, q.mu, q.log_var, q.h, n)[0]
     B, D = q.mu.shape
-    eps = torch.randn(n, B, D, dtype=q.mu.dtype)
-    mu, log_var = q.mu.expand(n, B, D), q.log_var.expand(n, B, D)
-    z0 = (mu + torch.exp(0.5 * log_var) * eps).reshape(n * B, D)
-    log_q = log_normal_diag(z0, mu.reshape(n * B, D), log_var.reshape(n * B, D))
-    if q.h is None:
-        zk = z0
-    else:
-        zk, log_det = model.flow(z0, q.h, repeat=n)
-        log_q = log_q - log_det
-    log_lik = model.log_likelihood(x.repeat(n, 1), zk)
-    return (log_lik + log_normal_std(zk) - log_q).view(n, B)
+    mu, log_var = q.mu.repeat(n, 1), q.log_var.repeat(n, 1)
+    z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+    log_lik = model.log_likelihood(x.repeat(n, 1), z)
+    return (log_lik + log_normal_std(z) - log_normal_diag(z, mu, log_var)).view(n, B)
 
 
 @torch.no_grad()
