@@ -83,11 +83,14 @@ def estimates(model: FlowVAE, x: Tensor, q: Proposal, S: int, chunk: int) -> tup
     return -lw.mean(0), -(torch.logsumexp(lw, 0) - math.log(S))
 
 
-def fit(model: FlowVAE, x: Tensor, q: Proposal, steps: int, lr: float, samples: int) -> Proposal:
-    """Maximize each point's ``samples``-sample ELBO over its own ``q`` (the model frozen)."""
+def fit(model: FlowVAE, x: Tensor, q: Proposal, steps: int, lr: float, samples: int,
+        fit_h: bool = True) -> Proposal:
+    """Maximize each point's ``samples``-sample ELBO over its own ``q`` (the model frozen);
+    ``fit_h=False`` keeps the flow's context at ``q.h`` and fits q0's ``mu, log_var`` only."""
     params = [t.detach().clone().requires_grad_(True) for t in (q.mu, q.log_var, q.h)
               if t is not None]
-    opt = torch.optim.Adam(params, lr=lr)
+    trained = params if fit_h else params[:2]
+    opt = torch.optim.Adam(trained, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         p = Proposal(params[0], params[1], params[2] if len(params) > 2 else None)
@@ -133,6 +136,9 @@ def decompose(run: Path, a: argparse.Namespace) -> tuple[str, dict[str, Tensor],
     out["elbo_amortized"], nll_a = estimates(model, x, amortized, a.S, a.chunk)
     local = fit(model, x, amortized, a.steps, a.lr, a.train_samples)
     out["elbo_local"], nll_l = estimates(model, x, local, a.S, a.chunk)
+    if a.split and flow_h is not None:
+        q0_only = fit(model, x, amortized, a.steps, a.lr, a.train_samples, fit_h=False)
+        out["elbo_q0"], _ = estimates(model, x, q0_only, a.S, a.chunk)
     if cfg.K > 0:
         gauss = fit(model, x, moment_match(model, post), a.gauss_steps, a.gauss_lr,
                     a.train_samples)
@@ -152,6 +158,10 @@ def parts(v: dict[str, Tensor]) -> dict[str, Tensor]:
         "amortization": v["elbo_amortized"] - v["elbo_local"],
         "approximation": v["elbo_local"] - v["nll"],
         "gauss approximation": v["elbo_gauss"] - v["nll"],
+        # --split: the amortization gap's part that fitting q0 alone (the head's context
+        # kept at the encoder's h) removes, and the rest, which needs the context fitted too
+        "amortization, q0": v["elbo_amortized"] - v.get("elbo_q0", v["elbo_local"]),
+        "amortization, head": v.get("elbo_q0", v["elbo_local"]) - v["elbo_local"],
     }
 
 
@@ -173,10 +183,15 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", action="store_true",
+                    help="also fit q0's mu, log_var alone (the flow's context kept at the "
+                         "encoder's): splits the amortization gap into q0's part and the head's")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     results = [decompose(r, a) for r in a.runs]
     cols = ["gap", "amortization", "approximation", "gauss approximation"]
+    if a.split:
+        cols += ["amortization, q0", "amortization, head"]
     head = ["run", "-ELBO amortized", "-ELBO local", "-ELBO gauss", "NLL (local IS)",
             "NLL (amortized IS)"]
     head += [f"{c} gap" if c != "gap" else "gap" for c in cols] + ["s"]

@@ -112,6 +112,8 @@ class FlowConfig:
     head_gain: float | None = 1.0
     # the flow acts on the standardized q0 sample eps: z_K = mu(x) + sigma(x) * f(eps)
     standardized: bool = False
+    # amortized: the head reads h(x).detach(): it learns, but sends no gradient into the encoder
+    detach_context: bool = False
     # planar and radial stacks run as one fused pass with a hand-derived backward
     # (nfvi/flows/fused.py; the same map to rounding); false: layer by layer through autograd
     fused: bool = True

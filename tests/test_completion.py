@@ -28,7 +28,8 @@ def test_keys_cover_the_schema_with_their_values():
 
 @pytest.mark.parametrize("args, incomplete, expected", [
     ([], "flo", {"flow=", "flow.name=", "flow.amortized=", "flow.hparams=", "flow.head_gain=",
-                 "flow.context_norm=", "flow.standardized=", "flow.fused="}),
+                 "flow.context_norm=", "flow.standardized=", "flow.detach_context=",
+                 "flow.fused="}),
     ([], "flow=pl", {"flow=planar"}),                         # zsh / fish: the whole word
     (["flow", "="], "ra", {"radial"}),                        # bash: split at '='
     (["flow"], "", set(groups()["flow"])),                    # bash: cursor right after '='

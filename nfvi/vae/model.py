@@ -117,6 +117,7 @@ class FlowVAE(nn.Module):
         context_norm: bool = False,
         head_gain: float | None = 1.0,
         standardized: bool = False,
+        detach_context: bool = False,
         likelihood: str = "bernoulli",
         architecture: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
@@ -124,6 +125,7 @@ class FlowVAE(nn.Module):
         super().__init__()
         self.likelihood = make_likelihood(likelihood)
         self.standardized = standardized
+        self.detach_context = detach_context
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.min_log_var = min_log_var
         nets = make_architecture(str(architecture), NetSpec(
@@ -163,6 +165,7 @@ class FlowVAE(nn.Module):
             context_norm=cfg.flow.context_norm,
             head_gain=cfg.flow.head_gain,
             standardized=cfg.flow.standardized,
+            detach_context=cfg.flow.detach_context,
             likelihood=str(cfg.dataset.likelihood),
             architecture=str(m.name),
             image_shape=image_shape,
@@ -187,11 +190,14 @@ class FlowVAE(nn.Module):
         sigma = torch.exp(0.5 * post.log_var)
         z0 = post.mu + sigma * eps
         log_q0 = log_normal_diag(z0, post.mu, post.log_var)
+        ctx = post.features
+        if self.detach_context and ctx is not None:
+            ctx = ctx.detach()  # the head's gradient stops at h(x): the encoder serves q0 alone
         if self.standardized:
             # z_K = mu + sigma * f(eps): the affine map and its inverse cancel in the Jacobian
-            ek, log_det = self.flow(eps, post.features, repeat=repeat)
+            ek, log_det = self.flow(eps, ctx, repeat=repeat)
             return PosteriorSample(z0, post.mu + sigma * ek, log_q0, log_det)
-        zk, log_det = self.flow(z0, post.features, repeat=repeat)
+        zk, log_det = self.flow(z0, ctx, repeat=repeat)
         return PosteriorSample(z0, zk, log_q0, log_det)
 
     def log_likelihood(self, x: Tensor, zk: Tensor) -> Tensor:

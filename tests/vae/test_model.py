@@ -213,3 +213,27 @@ def test_kl_annealing_anneals_only_the_kl_term():
     torch.manual_seed(1)
     at_one = model.elbo(x, beta=1.0, anneal="kl")
     torch.testing.assert_close(at_one.loss, at_one.neg_elbo.mean())
+
+
+@pytest.mark.parametrize("standardized", [False, True])
+def test_detached_context_stops_the_heads_gradient_at_the_features(standardized):
+    """``detach_context``: the head still learns, the features h(x) get no gradient through
+    it (only through q0's mu and log_var), and the sample is the same map."""
+    x = torch.bernoulli(torch.full((5, 12), 0.5), generator=torch.Generator().manual_seed(3))
+    grads, zk = {}, {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        model = FlowVAE(12, 3, [8, 8], "maxout", 2, "planar", 2, True,
+                        standardized=standardized, detach_context=detach)
+        post = model.encode(x)
+        h = post.features.detach().requires_grad_(True)  # a leaf: its gradient comes from the flow
+        post = type(post)(post.mu, post.log_var, h)
+        torch.manual_seed(1)
+        s = model.sample_posterior(post)
+        (s.log_det.sum() + s.zk.square().sum()).backward()
+        head = [p.grad for n, p in model.flow.named_parameters() if p.requires_grad]
+        assert head and all(g is not None and g.abs().sum() > 0 for g in head)
+        grads[detach], zk[detach] = h.grad, s.zk.detach()
+    assert grads[False] is not None and grads[False].abs().sum() > 0
+    assert grads[True] is None
+    torch.testing.assert_close(zk[False], zk[True], rtol=0, atol=0)
