@@ -114,6 +114,9 @@ class FlowConfig:
     standardized: bool = False
     # amortized: the head reads h(x).detach(): it learns, but sends no gradient into the encoder
     detach_context: bool = False
+    # amortized: width of the head's own hidden layer, theta = c + g W ELU(V h + a); null: none
+    # (theta linear in h, as in the paper)
+    context_hidden: int | None = None
     # planar and radial stacks run as one fused pass with a hand-derived backward
     # (nfvi/flows/fused.py; the same map to rounding); false: layer by layer through autograd
     fused: bool = True

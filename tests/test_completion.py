@@ -29,6 +29,7 @@ def test_keys_cover_the_schema_with_their_values():
 @pytest.mark.parametrize("args, incomplete, expected", [
     ([], "flo", {"flow=", "flow.name=", "flow.amortized=", "flow.hparams=", "flow.head_gain=",
                  "flow.context_norm=", "flow.standardized=", "flow.detach_context=",
+                 "flow.context_hidden=",
                  "flow.fused="}),
     ([], "flow=pl", {"flow=planar"}),                         # zsh / fish: the whole word
     (["flow", "="], "ra", {"radial"}),                        # bash: split at '='

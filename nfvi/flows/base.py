@@ -184,11 +184,18 @@ class AmortizedParams(ParamSource):
     """
 
     def __init__(self, layers: list[FlowLayer], context_dim: int,
-                 normalize: bool = False, gain: float | None = 1.0) -> None:
+                 normalize: bool = False, gain: float | None = 1.0,
+                 hidden: int | None = None) -> None:
         super().__init__(layers)
         # normalize: the head reads LayerNorm(h) (no learned scale), so the flow's parameters
         # stay bounded for every x however large the encoder's features grow
         self.norm = nn.LayerNorm(context_dim, elementwise_affine=False) if normalize else None
+        # hidden: the head reads its own features ELU(V h + a) [B, hidden] instead of h, so the
+        # flow's parameters need not be linear in the features that also give q0's mu, log_var
+        self.body = None
+        if hidden is not None:
+            self.body = nn.Sequential(nn.Linear(context_dim, hidden), nn.ELU())
+            context_dim = hidden
         # gain g: theta = c + g W h with W drawn at 0.01 / g, so theta starts alike for every g
         # while an optimizer step on W (of a size set by the learning rate, as Adam's is)
         # moves theta g times as far: the head learns g times slower than the rest
@@ -212,6 +219,8 @@ class AmortizedParams(ParamSource):
         if context is None:
             raise ValueError("an amortized flow needs context of shape [B, context_dim]")
         h = context if self.norm is None else self.norm(context)
+        if self.body is not None:
+            h = self.body(h)
         # the gain scales h (a [B, C] product) rather than the matmul (addmm's alpha), whose
         # backward would scale the whole [C, sum_k num_params_k] weight gradient
         return self.head(h) if self.gain == 1.0 else torch.addmm(
@@ -376,6 +385,7 @@ def make_flow(
     context_norm: bool = False,
     head_gain: float | None = 1.0,
     fused: bool = True,
+    context_hidden: int | None = None,
     **hparams: object,
 ) -> FlowStack:
     """Build a stack of ``K`` layers of flow ``name`` acting on ``dim`` dimensions.
@@ -400,6 +410,6 @@ def make_flow(
     if K == 0:
         return FlowStack(layers, None, ctx_dim, fused)
     if amortized:
-        source = AmortizedParams(layers, context_dim, context_norm, head_gain)
+        source = AmortizedParams(layers, context_dim, context_norm, head_gain, context_hidden)
         return FlowStack(layers, source, ctx_dim, fused)
     return FlowStack(layers, GlobalParams(layers), ctx_dim, fused)

@@ -118,6 +118,7 @@ class FlowVAE(nn.Module):
         head_gain: float | None = 1.0,
         standardized: bool = False,
         detach_context: bool = False,
+        context_hidden: int | None = None,
         likelihood: str = "bernoulli",
         architecture: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
@@ -141,7 +142,8 @@ class FlowVAE(nn.Module):
         self.q_log_var = nn.Linear(feat, latent_dim)
         self.flow = make_flow(
             flow, latent_dim, K, amortized=amortized, context_dim=feat,
-            context_norm=context_norm, head_gain=head_gain, **(flow_hparams or {})
+            context_norm=context_norm, head_gain=head_gain, context_hidden=context_hidden,
+            **(flow_hparams or {})
         )
         self.decoder_body, self.decoder_out = nets.decoder()
 
@@ -166,6 +168,7 @@ class FlowVAE(nn.Module):
             head_gain=cfg.flow.head_gain,
             standardized=cfg.flow.standardized,
             detach_context=cfg.flow.detach_context,
+            context_hidden=cfg.flow.context_hidden,
             likelihood=str(cfg.dataset.likelihood),
             architecture=str(m.name),
             image_shape=image_shape,

@@ -223,3 +223,36 @@ def test_repeat_without_a_graph_gives_the_tiled_values(name, fused):
         once, ld_once = flow(z, ctx, repeat=n)
     torch.testing.assert_close(once, tiled, rtol=0, atol=1e-12)
     torch.testing.assert_close(ld_once, ld_tiled, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_head_with_its_own_hidden_layer_keeps_the_contract(name):
+    """``context_hidden``: theta = c + g W ELU(V h + a). The log-determinant is the autograd
+    Jacobian's (float64), fused and layer-by-layer stacks agree, the repeat path tiles, every
+    parameter (the hidden layer's too) gets a gradient, and theta is not affine in h."""
+    from tests.flows.test_flows import jacobian_logdet
+
+    torch.manual_seed(0)
+    flow = make_flow(name, DIM, K, amortized=True, context_dim=CONTEXT, context_hidden=7,
+                     head_gain=0.2).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0.0, 0.5)
+    z, ctx = inputs(True)
+    zk, ld = flow(z, ctx)
+    torch.testing.assert_close(ld, jacobian_logdet(flow, z, ctx), rtol=1e-9, atol=1e-9)
+    flow.fused = not flow.fused
+    zk2, ld2 = flow(z, ctx)
+    torch.testing.assert_close(zk2, zk, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ld2, ld, rtol=1e-10, atol=1e-10)
+    once, ld_once = flow(z.repeat(2, 1), ctx, repeat=2)
+    torch.testing.assert_close(once, zk.repeat(2, 1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ld_once, ld.repeat(2), rtol=0, atol=1e-12)
+    ((zk * torch.randn_like(zk)).sum() + ld.sum()).backward()
+    body = dict(flow.source.body.named_parameters())
+    assert set(body) == {"0.weight", "0.bias"}
+    for pname, p in flow.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+    flat = flow.source.flat
+    mid = flat(0.5 * (ctx[:1] + ctx[1:2]))
+    assert (mid - 0.5 * (flat(ctx[:1]) + flat(ctx[1:2]))).abs().max() > 1e-6
