@@ -40,9 +40,10 @@ BATCH, PIXELS, P_ON = 100, 784, 0.13
 
 
 def shipped_model(K: int, fused: bool) -> FlowVAE:
-    """The default model with ``flow=planar``'s shipped settings (centered, head gain 0.2)."""
+    """The default model with ``flow=planar``'s shipped settings (centered, head gain 0.2, the
+    head's own 400-wide hidden layer)."""
     model = FlowVAE(PIXELS, 40, [400, 400], "maxout", 4, "planar", K, True,
-                    flow_hparams={"centered": True}, head_gain=0.2)
+                    flow_hparams={"centered": True}, head_gain=0.2, context_hidden=400)
     model.flow.fused = fused
     return model
 

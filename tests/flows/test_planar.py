@@ -94,3 +94,20 @@ def test_head_gain_leaves_the_initial_parameters_alike_and_scales_the_head():
         out[gain] = flow.layer_params(7, h)[0]["u"]
         assert flow.source.head.weight.std().item() == pytest.approx(0.01 / gain, rel=0.2)
     torch.testing.assert_close(out[1.0], out[0.1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_shipped_planar_head_reads_its_own_hidden_layer():
+    """flow=planar (the default) ships a head with a 400-wide hidden layer (issue 10: the
+    linear head's share of the amortization gap); null gives the paper's linear head."""
+    from nfvi.vae.model import FlowVAE
+    from tests.flows.composed import composed_config
+
+    cfg = composed_config("K=3")
+    assert cfg.flow.name == "planar" and cfg.flow.context_hidden == 400
+    model = FlowVAE.from_config(cfg, 784, (1, 28, 28))
+    body = model.flow.source.body
+    assert body[0].in_features == 400 and body[0].out_features == 400
+    assert model.flow.source.head.in_features == 400
+    linear = FlowVAE.from_config(composed_config("K=3", "flow.context_hidden=null"), 784,
+                                 (1, 28, 28))
+    assert linear.flow.source.body is None
