@@ -80,6 +80,13 @@ class FlowLayer(nn.Module):
         self.dim = dim
         self.index = index  # position in the stack: lets layers alternate masks or orders
 
+    @classmethod
+    def stack_hparams(cls, K: int, hparams: dict[str, object]) -> dict[str, object]:
+        """The hyperparameters each layer of a ``K``-layer stack is built with, from the
+        family's configured ``hparams`` (for a family whose initialization should depend on
+        the stack's length). Default: ``hparams`` unchanged."""
+        return hparams
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-example shapes of the raw (unconstrained) outside parameters, by name."""
         return {}
@@ -406,6 +413,7 @@ def make_flow(
         raise ValueError("an amortized flow needs context_dim")
     cls = FLOWS[name]
     ctx_dim = context_dim if amortized else None
+    hparams = cls.stack_hparams(K, dict(hparams))
     layers = [cls(dim, index=k, **hparams) for k in range(K)]
     if K == 0:
         return FlowStack(layers, None, ctx_dim, fused)

@@ -178,6 +178,26 @@ def test_iaf_starts_with_the_forget_gate():
     torch.testing.assert_close(ld, torch.full((BATCH,), 2 * DIM * math.log(s)))
 
 
+@pytest.mark.parametrize("K", [1, 4, 16])
+def test_the_shipped_iaf_stack_starts_as_one_gate_whatever_its_length(K):
+    """flow=iaf's forget_bias=null: the K initial gates multiply to sigmoid(2), so a 16-layer
+    stack starts at z_K = 0.88 z, not 0.88^16 z (issue 10: it trained far behind K = 4)."""
+    from tests.flows.composed import flow_config
+
+    cfg = flow_config("iaf")
+    assert cfg.hparams.forget_bias is None
+    flow = make_flow("iaf", DIM, K, amortized=True, context_dim=CONTEXT,
+                     **{k: v for k, v in cfg.hparams.items()})
+    z = torch.randn(BATCH, DIM, dtype=torch.float64)
+    z_k, ld = flow.double()(z, torch.randn(BATCH, CONTEXT, dtype=torch.float64))
+    gate = torch.sigmoid(torch.tensor(2.0, dtype=torch.float64))
+    torch.testing.assert_close(z_k, gate * z)
+    torch.testing.assert_close(ld, torch.full((BATCH,), DIM * math.log(gate),
+                                              dtype=torch.float64))
+    # outside a stack, a lone layer takes Kingma et al.'s +2
+    assert IAF(DIM).forget_bias == 2.0
+
+
 def test_iaf_bounds_hold_for_extreme_weights():
     layer = IAF(DIM, hidden=[64], forget_bias=2.0, s_bound=4.0, m_bound=10.0).double()
     with torch.no_grad():
@@ -211,9 +231,9 @@ def test_iaf_without_hidden_layers_takes_the_bias_at_its_output(amortized):
     fresh = make_flow("iaf", DIM, 2, amortized=amortized, context_dim=CONTEXT, hidden=[])
     assert fresh.layers[0].param_shapes() == {"bias": (2 * DIM,)}
     z, ctx = inputs(amortized)
-    if not amortized:  # m = s = 0 at start
+    if not amortized:  # m = s = 0 at start; the two gates multiply to sigmoid(2)
         s = torch.sigmoid(torch.tensor(2.0))
-        torch.testing.assert_close(fresh(z.float())[0], s * s * z.float())
+        torch.testing.assert_close(fresh(z.float())[0], s * z.float())
     flow = stack("iaf", amortized, scale=0.5, hidden=[])
     z_k, ld = flow(z, ctx)
     z_back, ld_inv = flow.inverse(z_k, ctx)
