@@ -14,6 +14,9 @@ step/roofline is how far a step is from being all matmul at the machine's best r
 "matmuls alone" columns replay the same matmuls (same shapes and operand layouts) by
 themselves: step/matmuls is what the rest of the step (the flow, activations, optimizer,
 autograd) adds on top of the BLAS at these shapes, which run below the large-square rate.
+"optimizer alone" is the Adam step by itself on the same parameters (memory-bound: it reads
+and writes each parameter and its two moments), and "rest" is step - matmuls - optimizer:
+the flow, activations, losses and autograd's bookkeeping.
 
     python benchmarks/bench_fused.py [--device cpu|cuda] [--threads N] [--steps 20]
         [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80]
@@ -147,11 +150,27 @@ PATHS = {(False, False): "layer by layer, for-each Adam", (True, False): "fused,
          (True, True): "fused, fused Adam (default)"}
 
 
+def optimizer_seconds(model: FlowVAE, device: torch.device, fused_adam: bool,
+                      rounds: int = 5, reps: int = 5) -> float:
+    """Seconds of one ``opt.step()`` of nfvi's Adam on ``model``'s parameters alone (random
+    gradients, on a copy of the model): the optimizer's share of a step. Adam reads and
+    writes every parameter and its two moments, so this grows with the parameter count (the
+    amortized head's ``features x K (2D + 1)`` weight at large K) at memory speed, not at the
+    matmul rate; the roofline counts it as zero."""
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = build_optimizer(params, OptimConfig(fused=fused_adam))
+    opt.step()
+    return min(timed(opt.step, device, reps, warmup=1) for _ in range(rounds))
+
+
 def train_steps(K: int, device: torch.device, steps: int
-                ) -> tuple[dict[tuple[bool, bool], float], float, float]:
+                ) -> tuple[dict[tuple[bool, bool], float], float, float, dict[bool, float]]:
     """({(fused stack, fused Adam): seconds per training step}, its matmul FLOPs: 3x the
-    forward's, the seconds its matmuls take alone at their shapes). The optimizer is nfvi's
-    (``build_optimizer``, ``optim=adam``)."""
+    forward's, the seconds its matmuls take alone at their shapes, {fused Adam: seconds of
+    the optimizer step alone}). The optimizer is nfvi's (``build_optimizer``,
+    ``optim=adam``)."""
     x = torch.bernoulli(torch.full((BATCH, PIXELS), P_ON, device=device))
     fns = {}
     for fused, fused_adam in PATHS:
@@ -173,7 +192,8 @@ def train_steps(K: int, device: torch.device, steps: int
     flops = 3.0 * sum(2.0 * r * i * o for r, i, o, _ in shapes)
     rounds = 4
     times = paired(fns, device, rounds, max(1, steps // rounds))
-    return times, flops, gemm_seconds(shapes, device, backward=True)
+    adam = {f: optimizer_seconds(model, device, f) for f in (False, True)}
+    return times, flops, gemm_seconds(shapes, device, backward=True), adam
 
 
 def iw_points(K: int, device: torch.device, points: int, samples: int
@@ -226,11 +246,12 @@ def main() -> None:
           f"{rate / 1e9:.1f} GFLOP/s ({args.matmul_n}^3); batch {BATCH}, "
           f"{args.steps} steps, IS S={args.iw_samples} over {args.iw_points} points\n")
     print("| K | path | step ms | step roofline ms | step/roofline | step matmuls alone ms "
-          "| step/matmuls | speed-up | IS s/point | IS roofline s/point | IS/roofline "
-          "| IS matmuls alone s/point | IS/matmuls | IS speed-up |")
-    print("|---:|:---|" + "---:|" * 12)
+          "| step/matmuls | optimizer alone ms | rest ms | speed-up | IS s/point "
+          "| IS roofline s/point | IS/roofline | IS matmuls alone s/point | IS/matmuls "
+          "| IS speed-up |")
+    print("|---:|:---|" + "---:|" * 14)
     for K in args.K:
-        steps, flops, gemm = train_steps(K, device, args.steps)
+        steps, flops, gemm, adam = train_steps(K, device, args.steps)
         roof = flops / rate
         iw = iw_roof = iw_gemm = None
         if K in args.iw_K:
@@ -245,6 +266,7 @@ def main() -> None:
                 f"{iw[False] / iw[fused]:.2f}x" if fused else ""]
             print(f"| {K} | {label} | {step * 1e3:.1f} | {roof * 1e3:.1f} | {step / roof:.2f} "
                   f"| {gemm * 1e3:.1f} | {step / gemm:.2f} "
+                  f"| {adam[fused_adam] * 1e3:.1f} | {(step - gemm - adam[fused_adam]) * 1e3:.1f} "
                   f"| {speed} | " + " | ".join(iw_cells) + " |", flush=True)
 
 if __name__ == "__main__":
