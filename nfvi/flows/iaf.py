@@ -50,6 +50,8 @@ exact, since no output depends on the last variable in the order).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -175,10 +177,9 @@ class IAF(FlowLayer):
         """``forget_bias=None``: ``logit(sigmoid(2)^(1/K))`` on every layer, so that the
         product of the K initial gates is ``sigmoid(2)``."""
         if hparams.get("forget_bias") is None and K > 0:
-            log_gate = F.logsigmoid(torch.tensor(STACK_GATE_LOGIT, dtype=torch.float64)) / K
+            log_gate = -math.log1p(math.exp(-STACK_GATE_LOGIT)) / K  # log sigmoid(2) / K
             # logit(p) = log p - log(1 - p), with log p = log_gate < 0
-            bias = log_gate - torch.log(-torch.expm1(log_gate))
-            hparams = {**hparams, "forget_bias": float(bias)}
+            hparams = {**hparams, "forget_bias": log_gate - math.log(-math.expm1(log_gate))}
         return hparams
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
