@@ -137,6 +137,12 @@ class FlowLayer(nn.Module):
         returns ``(z_K [B, D], sum_k log|det df_k/dz_{k-1}| [B])``."""
         raise NotImplementedError(f"flow {self.name!r} has no fused stack")
 
+    def fused_broadcasts(self, z: Tensor) -> bool:
+        """Whether :meth:`fused_forward` takes ``z [n B, D]`` (sample-major, row ``s B + b``)
+        with parameters for the ``B`` contexts, ``[K, B, ...]``, untiled (False: the default;
+        planar and radial where their compiled kernels run, :mod:`nfvi.flows.native`)."""
+        return False
+
 
 class ParamSource(nn.Module):
     """Produces the raw outside parameters of every layer of a stack."""
@@ -314,9 +320,14 @@ class FlowStack(nn.Module):
         would lay it out). The amortized parameters are then computed once per context and
         tiled, not recomputed per sample: the same map, without ``n`` times the head's
         matmul (the importance-weighted NLL's ``S`` samples)."""
-        if repeat > 1 and self.amortized and not torch.is_grad_enabled() and all(
-                getattr(layer, "broadcasts_batch", False) for layer in self.layers):
-            return self._broadcast_forward(z, context, repeat)
+        if repeat > 1 and self.amortized and not torch.is_grad_enabled():
+            if self.uses_fused and self.layers[0].fused_broadcasts(z):
+                if context is None:
+                    raise ValueError("an amortized flow needs context of shape [B, context_dim]")
+                return self.layers[0].fused_forward(z, self.source.stacked(z.shape[0] // repeat,
+                                                                           context))
+            if all(getattr(layer, "broadcasts_batch", False) for layer in self.layers):
+                return self._broadcast_forward(z, context, repeat)
         if self.uses_fused:
             if self.amortized and context is None:
                 raise ValueError("an amortized flow needs context of shape [B, context_dim]")

@@ -77,6 +77,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from nfvi.flows import native
+
 Constraint = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -124,7 +126,10 @@ def _planar_loop(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool,
     """The forward: ``(z_K, log_det [B], inputs [K, B, D] or None, h [K, B, 1])``.
 
     ``keep``: return every layer's input (for the backward); else ``z`` is updated in place.
-    ``constrain``: ``u`` is raw, each layer's ``u_hat = constrain(u_k, w_k)`` (no graph only)."""
+    ``constrain``: ``u`` is raw, each layer's ``u_hat = constrain(u_k, w_k)`` (no graph only).
+    On a CPU with the compiled kernels (:mod:`nfvi.flows.native`) the loop runs there."""
+    if native.usable(z, w, u, b):
+        return native.planar_forward(z, w, u if constrain is None else constrain(u, w), b, keep)
     inputs: list[Tensor] = []
     hs: list[Tensor] = []
     ss: list[Tensor] = []
@@ -170,6 +175,8 @@ class PlanarStackFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_z: Tensor, g_ld: Tensor, _g_in: Tensor, _g_h: Tensor):  # type: ignore[override]
         w, u, b, zin, h = ctx.saved_tensors
+        if native.usable(g_z, w, u, zin):
+            return native.planar_backward(g_z, g_ld, w, u, zin, h)
         K = w.shape[0]
         hp = 1.0 - h * h  # h'(a) [K, B, 1]
         s = (w * u).sum(-1, keepdim=True)  # w^T u_hat [K, B|1, 1]
@@ -213,7 +220,10 @@ def planar_stack(z: Tensor, w: Tensor, u: Tensor, b: Tensor,
 
 def _radial_loop(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
                  ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """The forward: ``(z_K, log_det [B], d [K, B, D] or None, r [K, B, 1])``."""
+    """The forward: ``(z_K, log_det [B], d [K, B, D] or None, r [K, B, 1])``; compiled where
+    :mod:`nfvi.flows.native` can take it."""
+    if native.usable(z, c, alpha, beta):
+        return native.radial_forward(z, c, alpha, beta, keep)
     diffs: list[Tensor] = []
     rs: list[Tensor] = []
     if not keep:
@@ -257,6 +267,8 @@ class RadialStackFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_z: Tensor, g_ld: Tensor, _g_d: Tensor, _g_r: Tensor):  # type: ignore[override]
         c, alpha, beta, d, r = ctx.saved_tensors
+        if native.usable(g_z, c, alpha, d):
+            return native.radial_backward(g_z, g_ld, alpha, beta, d, r)
         K = c.shape[0]
         h = 1.0 / (alpha + r)  # [K, B, 1]
         hh, hr, bh = h * h, h * r, beta * h

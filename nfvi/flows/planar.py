@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfvi.flows import native
 from nfvi.flows.base import FlowLayer, Params, register_flow
 from nfvi.flows.fused import planar_stack
 
@@ -96,3 +97,7 @@ class Planar(FlowLayer):
     def fused_forward(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
         """All K layers: ``params`` ``u, w [K, B|1, D]``, ``b [K, B|1, 1]``."""
         return planar_stack(z, params["w"], params["u"], params["b"], self.constrained_u)
+
+    def fused_broadcasts(self, z: Tensor) -> bool:
+        # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows
+        return not torch.is_grad_enabled() and native.usable(z)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfvi.flows import native
 from nfvi.flows.base import FlowLayer, Params, register_flow
 from nfvi.flows.fused import radial_stack
 
@@ -58,3 +59,7 @@ class Radial(FlowLayer):
         alpha = F.softplus(params["a"])  # all layers, in autograd
         beta = F.softplus(params["b"]) - alpha
         return radial_stack(z, params["z0"], alpha, beta)
+
+    def fused_broadcasts(self, z: Tensor) -> bool:
+        # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows
+        return not torch.is_grad_enabled() and native.usable(z)

@@ -3,6 +3,8 @@
 Same stack, same parameters, ``fused`` switched: outputs, log-determinants and every gradient
 (z, each flow parameter, the amortized head and its context) agree to 1e-10 in float64; the
 Functions pass gradcheck; the fused path is the default, in the VAE and the energy task too.
+Every test runs twice: with the fused stacks' torch loops and with their compiled CPU kernels
+(:mod:`nfvi.flows.native`; skipped, saying why, where no C compiler could build them).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from nfvi.config import Config
 from nfvi.energy import TARGETS, EnergyModel
-from nfvi.flows import FlowStack, GlobalParams, make_flow
+from nfvi.flows import FlowStack, GlobalParams, make_flow, native
 from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction
 from nfvi.flows.planar import Planar
 from nfvi.flows.radial import Radial
@@ -29,6 +31,17 @@ KINDS = [
     pytest.param("radial", {}, id="radial"),
 ]
 MODES = [pytest.param(False, id="global"), pytest.param(True, id="amortized")]
+
+
+@pytest.fixture(autouse=True, params=["torch-loop", "native"])
+def backend(request):
+    """The fused stacks' implementation on the CPU: torch's loop or the compiled kernels."""
+    if request.param == "native" and native.library() is None:
+        pytest.skip(native.status())
+    was = native.enabled()
+    native.set_enabled(request.param == "native")
+    yield request.param
+    native.set_enabled(was)
 
 
 def randomized(name: str, K: int, amortized: bool, scale: float, **hparams) -> FlowStack:

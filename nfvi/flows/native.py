@@ -1,0 +1,263 @@
+"""The compiled CPU kernels of the fused planar and radial stacks (``native_stacks.c``).
+
+:mod:`nfvi.flows.fused` runs a K-layer stack as one autograd node, but its torch loop still
+dispatches a few small operations per layer, forward and backward: at K = 80 on a CPU some 600
+dispatches per training step, each costing more than the arithmetic it does (a row of 40
+numbers). ``native_stacks.c`` runs the same forward and the same hand-derived backward one
+example at a time, all K layers of a row in the cache, with no dispatch at all; the formulas
+are those of :mod:`nfvi.flows.fused`'s docstring, and the tests hold the two to 1e-10 in
+float64 (``tests/flows/test_native.py``).
+
+The library is built on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
+or ``clang`` on ``PATH``; plain ``-O3``, no ``-march=native``, so that one build serves every
+machine that shares the cache) into ``$NFVI_CACHE_DIR`` (default ``$XDG_CACHE_HOME/nfvi`` or
+``~/.cache/nfvi``), under a name keyed by the source and the flags: compiled once per source
+version, written to a temporary file and renamed into place, so concurrent jobs of a sweep
+never load a half-written file. It is loaded with :mod:`ctypes` and called on the tensors'
+memory (float32 or float64, CPU, parameters with a unit stride along the last axis).
+
+Where it cannot be used -- no compiler, a failed build, CUDA tensors, other dtypes, inside
+``torch.func`` transforms -- the torch loop runs instead, the same map; :func:`status` says
+which and why. ``NFVI_NATIVE=0`` in the environment (or :func:`set_enabled`) turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native_stacks.c")
+VERSION = 1  # native_stacks.c's nfvi_stacks_version()
+FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno")
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+_lock = threading.Lock()
+_state: dict[str, object] = {"tried": False, "lib": None, "why": "not built yet"}
+_enabled = os.environ.get("NFVI_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_enabled(on: bool) -> None:
+    """Use the compiled kernels where they apply (True, the default unless ``NFVI_NATIVE=0``)
+    or always the torch loops (False)."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def cache_dir() -> Path:
+    if os.environ.get("NFVI_CACHE_DIR"):
+        return Path(os.environ["NFVI_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nfvi"
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC`` if set, else the first of ``cc``, ``gcc``, ``clang`` on PATH."""
+    if os.environ.get("CC"):
+        return shutil.which(os.environ["CC"])
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def library_path() -> Path:
+    """Where the build for this source, these flags and this platform lives."""
+    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, sys.platform,
+                                                     platform.machine())).encode())
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    return cache_dir() / f"native_stacks-{key.hexdigest()[:16]}{suffix}"
+
+
+def _build(target: Path) -> None:
+    cc = compiler()
+    if cc is None:
+        raise OSError("no C compiler found (set CC, or install cc/gcc/clang)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".native_stacks-", suffix=target.suffix,
+                               dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True,
+                              text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise OSError(f"{cc} failed: {done.stderr.strip()[:500]}")
+        os.replace(tmp, target)  # atomic: another job sees no file or the whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """argtypes for every entry point (longs and pointers; without them ctypes would pass
+    Python ints as 32-bit ints). ``getattr``, not ``lib[...]``: only the attribute is cached."""
+    L, V = ctypes.c_long, ctypes.c_void_p
+    shapes = [L] * 4
+    for suf in _SUFFIX.values():
+        getattr(lib, f"planar_forward_{suf}").argtypes = shapes + [V, V, L, L, V, L, L, V, L, L,
+                                                          V, V, V, V]
+        getattr(lib, f"planar_backward_{suf}").argtypes = shapes + [V, V, V, L, L, V, L, L, V, V,
+                                                           V, V, V, V]
+        getattr(lib, f"radial_forward_{suf}").argtypes = shapes + [V, V, L, L, V, L, L, V, L, L,
+                                                          V, V, V, V]
+        getattr(lib, f"radial_backward_{suf}").argtypes = shapes + [V, V, V, L, L, V, L, L, V, V,
+                                                           V, V, V, V]
+        for name in ("planar_forward", "planar_backward", "radial_forward", "radial_backward"):
+            getattr(lib, f"{name}_{suf}").restype = None
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        _build(path)
+    lib = ctypes.CDLL(str(path))
+    if lib.nfvi_stacks_version() != VERSION:
+        raise OSError(f"{path} is version {lib.nfvi_stacks_version()}, expected {VERSION}")
+    _declare(lib)
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built on the first call; None where they cannot be had (then
+    :func:`status` says why; the failure is logged once, at debug level, and not retried)."""
+    if not _enabled:
+        return None
+    if not _state["tried"]:
+        with _lock:
+            if not _state["tried"]:
+                try:
+                    _state["lib"], _state["why"] = _load(), None
+                except (OSError, subprocess.SubprocessError, AttributeError) as err:
+                    _state["why"] = str(err)
+                    log.debug("native flow stacks unavailable, using the torch loops: %s", err)
+                _state["tried"] = True
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def status() -> str:
+    """One line: whether CPU stacks run compiled, and if not, why."""
+    if not _enabled:
+        return "torch loops (native kernels switched off: NFVI_NATIVE=0)"
+    if library() is not None:
+        return f"native C kernels ({library_path()})"
+    return f"torch loops (native kernels unavailable: {_state['why']})"
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the compiled kernels can take these tensors: CPU, one dtype of float32 or
+    float64, no ``torch.func`` transform active, the library loaded."""
+    dtype = tensors[0].dtype
+    if dtype not in _SUFFIX or not _enabled:
+        return False
+    if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
+        return False
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is not None and active():
+        return False
+    return library() is not None
+
+
+# ----------------------------------------------------------------------------- calls
+
+
+def _param(t: Tensor) -> tuple[Tensor, int, int]:
+    """A ``[K, P, n]`` parameter with a unit last stride, and its layer and row strides."""
+    if t.stride(-1) != 1 and t.shape[-1] != 1:
+        t = t.contiguous()
+    return t, t.stride(0), t.stride(1)
+
+
+def _sizes(z: Tensor, p: Tensor) -> tuple[int, int, int, int]:
+    N, D = z.shape
+    K, P = p.shape[0], p.shape[1]
+    if P != 1 and N % P != 0:
+        raise ValueError(f"{N} rows cannot take parameters for {P} rows")
+    return N, P, K, D
+
+
+def planar_forward(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool
+                   ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(z_K [N, D], log_det [N], inputs [K, N, D], h [K, N, 1])`` (the last two None unless
+    ``keep``); ``w, u_hat [K, P, D]``, ``b [K, P, 1]``, row ``r`` of ``z`` reading parameter
+    row ``r % P`` (``P = 1``: shared)."""
+    lib = library()
+    z = z.contiguous()
+    N, P, K, D = _sizes(z, w)
+    (w, swk, swp), (u, suk, sup), (b, sbk, sbp) = _param(w), _param(u), _param(b)
+    out, ld = torch.empty_like(z), z.new_empty(N)
+    zin = z.new_empty(K, N, D) if keep else None
+    h = z.new_empty(K, N, 1) if keep else None
+    getattr(lib, f"planar_forward_{_SUFFIX[z.dtype]}")(
+        N, P, K, D, z.data_ptr(), w.data_ptr(), swk, swp, u.data_ptr(), suk, sup,
+        b.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(),
+        zin.data_ptr() if keep else None, h.data_ptr() if keep else None)
+    return out, ld, zin, h
+
+
+def planar_backward(g_z: Tensor, g_ld: Tensor, w: Tensor, u: Tensor, zin: Tensor, h: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dL/dz_0 [N, D], dL/dw [K, P, D], dL/du_hat [K, P, D], dL/db [K, P, 1])``."""
+    lib = library()
+    g_z, g_ld = g_z.contiguous(), g_ld.contiguous()
+    N, P, K, D = _sizes(g_z, w)
+    (w, swk, swp), (u, suk, sup) = _param(w), _param(u)
+    g0 = torch.empty_like(g_z)
+    gw, gu, gb = g_z.new_zeros(K, P, D), g_z.new_zeros(K, P, D), g_z.new_zeros(K, P, 1)
+    getattr(lib, f"planar_backward_{_SUFFIX[g_z.dtype]}")(
+        N, P, K, D, g_z.data_ptr(), g_ld.data_ptr(), w.data_ptr(), swk, swp, u.data_ptr(),
+        suk, sup, zin.data_ptr(), h.data_ptr(), g0.data_ptr(), gw.data_ptr(), gu.data_ptr(),
+        gb.data_ptr())
+    return g0, gw, gu, gb
+
+
+def radial_forward(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
+                   ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(z_K [N, D], log_det [N], d [K, N, D], r [K, N, 1])`` (the last two None unless
+    ``keep``); ``c [K, P, D]``, ``alpha, beta [K, P, 1]`` constrained."""
+    lib = library()
+    z = z.contiguous()
+    N, P, K, D = _sizes(z, c)
+    (c, sck, scp), (alpha, sak, sap), (beta, sbk, sbp) = _param(c), _param(alpha), _param(beta)
+    out, ld = torch.empty_like(z), z.new_empty(N)
+    d = z.new_empty(K, N, D) if keep else None
+    r = z.new_empty(K, N, 1) if keep else None
+    getattr(lib, f"radial_forward_{_SUFFIX[z.dtype]}")(
+        N, P, K, D, z.data_ptr(), c.data_ptr(), sck, scp, alpha.data_ptr(), sak, sap,
+        beta.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(),
+        d.data_ptr() if keep else None, r.data_ptr() if keep else None)
+    return out, ld, d, r
+
+
+def radial_backward(g_z: Tensor, g_ld: Tensor, alpha: Tensor, beta: Tensor, d: Tensor,
+                    r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dL/dz_0 [N, D], dL/dc [K, P, D], dL/dalpha [K, P, 1], dL/dbeta [K, P, 1])``."""
+    lib = library()
+    g_z, g_ld = g_z.contiguous(), g_ld.contiguous()
+    N, D = g_z.shape
+    K, P = alpha.shape[0], alpha.shape[1]
+    (alpha, sak, sap), (beta, sbk, sbp) = _param(alpha), _param(beta)
+    g0 = torch.empty_like(g_z)
+    gc, ga, gb = g_z.new_zeros(K, P, D), g_z.new_zeros(K, P, 1), g_z.new_zeros(K, P, 1)
+    getattr(lib, f"radial_backward_{_SUFFIX[g_z.dtype]}")(
+        N, P, K, D, g_z.data_ptr(), g_ld.data_ptr(), alpha.data_ptr(), sak, sap,
+        beta.data_ptr(), sbk, sbp, d.data_ptr(), r.data_ptr(), g0.data_ptr(), gc.data_ptr(),
+        ga.data_ptr(), gb.data_ptr())
+    return g0, gc, ga, gb

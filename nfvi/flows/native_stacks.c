@@ -1,0 +1,163 @@
+/* Planar and radial stacks, forward and hand-derived backward, one example at a time.
+
+   The C twin of the torch loops in nfvi/flows/fused.py (whose docstring has the formulas):
+   the same maps and gradients, computed row by row so that a row's K layers run in the
+   cache with no per-layer dispatch. Built on first use by nfvi/flows/native.py with the
+   system C compiler and called through ctypes on tensors' memory; the torch loops stay the
+   reference and the fallback (CUDA, no compiler, torch.func transforms).
+
+   Layout. z, outputs: [N, D] row-major (contiguous). Parameters: [K, P, D] (or [K, P, 1])
+   with element strides (sk, sp) for the layer and row axes and a unit stride along D; row r
+   of z reads parameter row (P == 1 ? 0 : r % P): P = N per example, P = 1 shared (global
+   parameters, whose gradients are summed over the rows), P = B < N for N = S B samples laid
+   out sample-major (the importance-weighted NLL's S samples of B test points). Gradients
+   of the parameters: contiguous [K, P, D] / [K, P], zeroed by the caller. Saved for the
+   backward: zin [K, N, D] (planar: each layer's input; radial: d = z - c) and h [K, N]
+   (planar: tanh(a); radial: r); NULL: nothing saved (no graph to record). */
+
+#include <math.h>
+#include <float.h>
+#include <stddef.h>
+
+#define DEFINE_STACKS(T, SUF, TINY, LOG, TANH, SQRT, FABS)                                  \
+                                                                                           \
+/* four partial sums: independent chains the CPU can overlap (D = 40: 10 each) */          \
+static T dot_##SUF(const T *a, const T *b, long D) {                                       \
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                      \
+    long j = 0;                                                                            \
+    for (; j + 4 <= D; j += 4) {                                                           \
+        s0 += a[j] * b[j];                                                                 \
+        s1 += a[j + 1] * b[j + 1];                                                         \
+        s2 += a[j + 2] * b[j + 2];                                                         \
+        s3 += a[j + 3] * b[j + 3];                                                         \
+    }                                                                                      \
+    for (; j < D; ++j) s0 += a[j] * b[j];                                                  \
+    return (s0 + s1) + (s2 + s3);                                                          \
+}                                                                                          \
+                                                                                           \
+static T log_abs_##SUF(T x) {                                                              \
+    T a = FABS(x);                                                                         \
+    return LOG(a < TINY ? TINY : a);                                                       \
+}                                                                                          \
+                                                                                           \
+/* scale / x, the gradient of scale * log|x|: 0 below the clamp, as the torch code */      \
+static T inv_abs_##SUF(T x, T scale) {                                                     \
+    return FABS(x) >= TINY ? scale / x : (T)0;                                             \
+}                                                                                          \
+                                                                                           \
+void planar_forward_##SUF(long N, long P, long K, long D, const T *z0,                     \
+                          const T *w, long swk, long swp, const T *u, long suk, long sup,  \
+                          const T *b, long sbk, long sbp, T *zout, T *ld, T *zin, T *h) {  \
+    for (long r = 0; r < N; ++r) {                                                         \
+        long p = P == 1 ? 0 : r % P;                                                       \
+        T *z = zout + r * D;                                                               \
+        for (long j = 0; j < D; ++j) z[j] = z0[r * D + j];                                 \
+        T acc = 0;                                                                         \
+        for (long k = 0; k < K; ++k) {                                                     \
+            const T *wk = w + k * swk + p * swp, *uk = u + k * suk + p * sup;              \
+            if (zin) {                                                                     \
+                T *zi = zin + (k * N + r) * D;                                             \
+                for (long j = 0; j < D; ++j) zi[j] = z[j];                                 \
+            }                                                                              \
+            T hk = TANH(dot_##SUF(z, wk, D) + b[k * sbk + p * sbp]);                       \
+            if (h) h[k * N + r] = hk;                                                      \
+            for (long j = 0; j < D; ++j) z[j] += hk * uk[j];                               \
+            acc += log_abs_##SUF((T)1 + ((T)1 - hk * hk) * dot_##SUF(wk, uk, D));          \
+        }                                                                                  \
+        ld[r] = acc;                                                                       \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+void planar_backward_##SUF(long N, long P, long K, long D, const T *gz, const T *gld,      \
+                           const T *w, long swk, long swp, const T *u, long suk, long sup, \
+                           const T *zin, const T *h, T *g0, T *gw, T *gu, T *gb) {         \
+    for (long r = 0; r < N; ++r) {                                                         \
+        long p = P == 1 ? 0 : r % P;                                                       \
+        T *restrict g = g0 + r * D;                                                        \
+        for (long j = 0; j < D; ++j) g[j] = gz[r * D + j];                                 \
+        T l = gld[r];                                                                      \
+        for (long k = K - 1; k >= 0; --k) {                                                \
+            const T *restrict wk = w + k * swk + p * swp;                                  \
+            const T *restrict uk = u + k * suk + p * sup;                                  \
+            const T *restrict zi = zin + (k * N + r) * D;                                  \
+            T *restrict gwk = gw + (k * P + p) * D, *restrict guk = gu + (k * P + p) * D;  \
+            T hk = h[k * N + r], hp = (T)1 - hk * hk, s = dot_##SUF(wk, uk, D);            \
+            T q_hp = inv_abs_##SUF((T)1 + hp * s, l) * hp;                                 \
+            T da = hp * dot_##SUF(g, uk, D) - (T)2 * q_hp * hk * s;                        \
+            for (long j = 0; j < D; ++j) {                                                 \
+                gwk[j] += da * zi[j] + q_hp * uk[j];                                       \
+                guk[j] += hk * g[j] + q_hp * wk[j];                                        \
+                g[j] += da * wk[j];                                                        \
+            }                                                                              \
+            gb[k * P + p] += da;                                                           \
+        }                                                                                  \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+void radial_forward_##SUF(long N, long P, long K, long D, const T *z0,                     \
+                          const T *c, long sck, long scp, const T *alpha, long sak,        \
+                          long sap, const T *beta, long sbk, long sbp, T *zout, T *ld,     \
+                          T *dsave, T *rsave) {                                            \
+    T d[D];                                                                                \
+    for (long r = 0; r < N; ++r) {                                                         \
+        long p = P == 1 ? 0 : r % P;                                                       \
+        T *z = zout + r * D;                                                               \
+        for (long j = 0; j < D; ++j) z[j] = z0[r * D + j];                                 \
+        T acc = 0;                                                                         \
+        for (long k = 0; k < K; ++k) {                                                     \
+            const T *ck = c + k * sck + p * scp;                                           \
+            T a = alpha[k * sak + p * sap], bt = beta[k * sbk + p * sbp];                  \
+            for (long j = 0; j < D; ++j) d[j] = z[j] - ck[j];                              \
+            T rr = SQRT(dot_##SUF(d, d, D));                                               \
+            if (dsave) {                                                                   \
+                T *ds = dsave + (k * N + r) * D;                                           \
+                for (long j = 0; j < D; ++j) ds[j] = d[j];                                 \
+                rsave[k * N + r] = rr;                                                     \
+            }                                                                              \
+            T hh = (T)1 / (a + rr), bh = bt * hh;                                          \
+            for (long j = 0; j < D; ++j) z[j] += bh * d[j];                                \
+            acc += (T)(D - 1) * log_abs_##SUF((T)1 + bh)                                   \
+                   + log_abs_##SUF((T)1 + bh - bh * hh * rr);                              \
+        }                                                                                  \
+        ld[r] = acc;                                                                       \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+void radial_backward_##SUF(long N, long P, long K, long D, const T *gz, const T *gld,      \
+                           const T *alpha, long sak, long sap, const T *beta, long sbk,    \
+                           long sbp, const T *dsave, const T *rsave, T *g0, T *gc,         \
+                           T *galpha, T *gbeta) {                                          \
+    for (long r = 0; r < N; ++r) {                                                         \
+        long p = P == 1 ? 0 : r % P;                                                       \
+        T *g = g0 + r * D;                                                                 \
+        for (long j = 0; j < D; ++j) g[j] = gz[r * D + j];                                 \
+        T l = gld[r];                                                                      \
+        for (long k = K - 1; k >= 0; --k) {                                                \
+            const T *dk = dsave + (k * N + r) * D;                                         \
+            T *gck = gc + (k * P + p) * D;                                                 \
+            T a = alpha[k * sak + p * sap], bt = beta[k * sbk + p * sbp];                  \
+            T rr = rsave[k * N + r], hh = (T)1 / (a + rr);                                 \
+            T h2 = hh * hh, hr = hh * rr, bh = bt * hh, t1 = (T)1 + bh;                    \
+            T e1 = inv_abs_##SUF(t1, l * (T)(D - 1));                                      \
+            T e2 = inv_abs_##SUF((T)1 + bh - bh * hr, l);                                  \
+            T l_h = bt * (e1 + e2 * ((T)1 - (T)2 * hr));                                   \
+            T l_beta = hh * (e1 + e2 * ((T)1 - hr));                                       \
+            T r_inv = rr > 0 ? (T)1 / rr : (T)0;                                           \
+            T pp = -h2 * bt * r_inv, qq = (-e2 * bt * h2 - h2 * l_h) * r_inv;              \
+            T gd = dot_##SUF(g, dk, D);                                                    \
+            T coef = qq + gd * pp;                                                         \
+            for (long j = 0; j < D; ++j) {                                                 \
+                gck[j] -= bh * g[j] + coef * dk[j];                                        \
+                g[j] = t1 * g[j] + coef * dk[j];                                           \
+            }                                                                              \
+            galpha[k * P + p] -= h2 * (l_h + bt * gd);                                     \
+            gbeta[k * P + p] += l_beta + hh * gd;                                          \
+        }                                                                                  \
+    }                                                                                      \
+}
+
+DEFINE_STACKS(float, f32, FLT_MIN, logf, tanhf, sqrtf, fabsf)
+DEFINE_STACKS(double, f64, DBL_MIN, log, tanh, sqrt, fabs)
+
+/* the interface's version: native.py refuses a library whose version differs */
+int nfvi_stacks_version(void) { return 1; }
