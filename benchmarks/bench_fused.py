@@ -21,22 +21,33 @@ the flow, activations, losses and autograd's bookkeeping.
     python benchmarks/bench_fused.py [--device cpu|cuda] [--threads N] [--steps 20]
         [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80]
 
-One process, one device: compare ratios within a run (shared machines are noisy). Fused and
-layer-by-layer models (same seed, same weights) are timed in alternating rounds, the fastest
-round each for the training step; the IS NLL alternates per group of 10 points.
+The paths: layer by layer with the for-each Adam (the first implementation); the fused stack
+run by its torch loop with torch's fused Adam; and nfvi's default, the fused stack run by its
+compiled CPU kernels (:mod:`nfvi.native`; on CUDA, or where no C compiler could build
+them, that row is the torch loop again and says so). Like every nfvi job the script first
+lets malloc keep freed memory (:func:`nfvi.runtime.keep_freed_memory`; ``--default-malloc``
+leaves glibc's defaults, to measure what that does): "faults/step" is the minor page faults
+per training step of the default path.
+
+One process, one device: compare ratios within a run (shared machines are noisy). The paths'
+models (same seed, same weights) are timed in alternating rounds, the fastest round each for
+the training step; the IS NLL alternates per group of 10 points.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from nfvi import native
 from nfvi.config import OptimConfig
 from nfvi.optim import build_optimizer
+from nfvi.runtime import keep_freed_memory
 from nfvi.vae.model import FlowVAE
 
 BATCH, PIXELS, P_ON = 100, 784, 0.13
@@ -145,9 +156,19 @@ def gemm_seconds(shapes: list[tuple[int, int, int, bool]], device: torch.device,
     return min(timed(all_ops, device, 1, warmup=1) for _ in range(rounds))
 
 
-#: the training-step paths timed: (fused stack, fused Adam); the last is nfvi's default
-PATHS = {(False, False): "layer by layer, for-each Adam", (True, False): "fused, for-each Adam",
-         (True, True): "fused, fused Adam (default)"}
+#: the paths timed: (fused stack, its compiled kernels, fused Adam); the last is nfvi's default
+PATHS = {(False, False, False): "layer by layer, for-each Adam",
+         (True, False, True): "fused torch loop, fused Adam",
+         (True, True, True): "fused native kernels, fused Adam (default)"}
+DEFAULT = (True, True, True)
+
+
+def on_path(path: tuple[bool, bool, bool], fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the compiled kernels switched as ``path`` says, for each call."""
+    def call() -> object:
+        native.set_enabled(path[1])
+        return fn()
+    return call
 
 
 def optimizer_seconds(model: FlowVAE, device: torch.device, fused_adam: bool,
@@ -166,14 +187,15 @@ def optimizer_seconds(model: FlowVAE, device: torch.device, fused_adam: bool,
 
 
 def train_steps(K: int, device: torch.device, steps: int
-                ) -> tuple[dict[tuple[bool, bool], float], float, float, dict[bool, float]]:
-    """({(fused stack, fused Adam): seconds per training step}, its matmul FLOPs: 3x the
-    forward's, the seconds its matmuls take alone at their shapes, {fused Adam: seconds of
-    the optimizer step alone}). The optimizer is nfvi's (``build_optimizer``,
-    ``optim=adam``)."""
+                ) -> tuple[dict[tuple, float], float, float, dict[bool, float], float]:
+    """({path: seconds per training step}, its matmul FLOPs: 3x the forward's, the seconds
+    its matmuls take alone at their shapes, {fused Adam: seconds of the optimizer step
+    alone}, minor page faults per step of the default path). The optimizer is nfvi's
+    (``build_optimizer``, ``optim=adam``)."""
     x = torch.bernoulli(torch.full((BATCH, PIXELS), P_ON, device=device))
     fns = {}
-    for fused, fused_adam in PATHS:
+    for path in PATHS:
+        fused, _, fused_adam = path
         torch.manual_seed(0)
         model = shipped_model(K, fused).to(device)
         assert model.flow.uses_fused == (fused and K > 0)
@@ -185,36 +207,41 @@ def train_steps(K: int, device: torch.device, steps: int
             loss.backward()
             opt.step()
 
+        fns[path] = on_path(path, step)
         for _ in range(3):
-            step()
-        fns[fused, fused_adam] = step
+            fns[path]()
     shapes = linear_shapes(model, lambda: model.elbo(x, beta=0.5))
     flops = 3.0 * sum(2.0 * r * i * o for r, i, o, _ in shapes)
     rounds = 4
     times = paired(fns, device, rounds, max(1, steps // rounds))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        fns[DEFAULT]()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
     adam = {f: optimizer_seconds(model, device, f) for f in (False, True)}
-    return times, flops, gemm_seconds(shapes, device, backward=True), adam
+    return times, flops, gemm_seconds(shapes, device, backward=True), adam, faults
 
 
 def iw_points(K: int, device: torch.device, points: int, samples: int
-              ) -> tuple[dict[bool, float], float, float]:
-    """({fused: seconds of ``iw_nll`` per test point at ``samples`` samples}, matmul FLOPs per
+              ) -> tuple[dict[tuple, float], float, float]:
+    """({path: seconds of ``iw_nll`` per test point at ``samples`` samples}, matmul FLOPs per
     point, the seconds per point of its matmuls alone at their shapes); groups of (up to) 10
-    points, fused and not in turn."""
+    points, the paths in turn (the optimizer plays no part)."""
     x = torch.bernoulli(torch.full((points, PIXELS), P_ON, device=device))
     chunk = 500 if device.type == "cpu" else 5000
     group = min(points, 10)
     models = {}
-    for fused in (False, True):
+    for path in PATHS:
         torch.manual_seed(0)
-        models[fused] = shipped_model(K, fused).to(device).eval()
-        models[fused].iw_nll(x[:1], 100, chunk)  # warm-up
-    total = {False: 0.0, True: 0.0}
+        models[path] = shipped_model(K, path[0]).to(device).eval()
+        on_path(path, lambda m=models[path]: m.iw_nll(x[:1], 100, chunk))()  # warm-up
+    total = dict.fromkeys(PATHS, 0.0)
     for i in range(0, points, group):
-        for fused, model in models.items():
-            total[fused] += timed(lambda m=model, i=i: m.iw_nll(x[i : i + group], samples, chunk),
-                                  device, 1, warmup=0)
-    model = models[True]
+        for path, model in models.items():
+            total[path] += timed(on_path(path, lambda m=model, i=i: m.iw_nll(
+                x[i : i + group], samples, chunk)), device, 1, warmup=0)
+    model = models[DEFAULT]
+    native.set_enabled(True)
     with torch.inference_mode():
         shapes = linear_shapes(model, lambda: model.iw_nll(x[:group], samples, chunk))
     flops = sum(2.0 * r * i * o for r, i, o, _ in shapes) / group
@@ -232,9 +259,12 @@ def main() -> None:
     ap.add_argument("--K", type=int, nargs="+", default=[0, 10, 80])
     ap.add_argument("--iw-K", type=int, nargs="*", default=[0, 80])
     ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (nfvi's jobs raise them)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = False if args.default_malloc else keep_freed_memory()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
@@ -244,30 +274,33 @@ def main() -> None:
         f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {what}; float32 matmul rate "
           f"{rate / 1e9:.1f} GFLOP/s ({args.matmul_n}^3); batch {BATCH}, "
-          f"{args.steps} steps, IS S={args.iw_samples} over {args.iw_points} points\n")
+          f"{args.steps} steps, IS S={args.iw_samples} over {args.iw_points} points; "
+          f"malloc keeps freed memory: {kept}; flow stacks: {native.status()}\n")
     print("| K | path | step ms | step roofline ms | step/roofline | step matmuls alone ms "
-          "| step/matmuls | optimizer alone ms | rest ms | speed-up | IS s/point "
+          "| step/matmuls | optimizer alone ms | rest ms | speed-up | faults/step | IS s/point "
           "| IS roofline s/point | IS/roofline | IS matmuls alone s/point | IS/matmuls "
           "| IS speed-up |")
-    print("|---:|:---|" + "---:|" * 14)
+    print("|---:|:---|" + "---:|" * 15)
+    base = next(iter(PATHS))
     for K in args.K:
-        steps, flops, gemm, adam = train_steps(K, device, args.steps)
+        steps, flops, gemm, adam, faults = train_steps(K, device, args.steps)
         roof = flops / rate
         iw = iw_roof = iw_gemm = None
         if K in args.iw_K:
             iw, iw_flops, iw_gemm = iw_points(K, device, args.iw_points, args.iw_samples)
             iw_roof = iw_flops / rate
-        for (fused, fused_adam), label in PATHS.items():
-            step = steps[fused, fused_adam]
-            speed = f"{steps[False, False] / step:.2f}x" if fused else ""
-            iw_cells = [""] * 6 if iw is None or fused_adam else [
-                f"{iw[fused]:.3f}", f"{iw_roof:.3f}", f"{iw[fused] / iw_roof:.2f}",
-                f"{iw_gemm:.3f}", f"{iw[fused] / iw_gemm:.2f}",
-                f"{iw[False] / iw[fused]:.2f}x" if fused else ""]
+        for path, label in PATHS.items():
+            step, opt = steps[path], adam[path[2]]
+            speed = f"{steps[base] / step:.2f}x" if path != base else ""
+            iw_cells = [""] * 6 if iw is None else [
+                f"{iw[path]:.3f}", f"{iw_roof:.3f}", f"{iw[path] / iw_roof:.2f}",
+                f"{iw_gemm:.3f}", f"{iw[path] / iw_gemm:.2f}",
+                f"{iw[base] / iw[path]:.2f}x" if path != base else ""]
             print(f"| {K} | {label} | {step * 1e3:.1f} | {roof * 1e3:.1f} | {step / roof:.2f} "
                   f"| {gemm * 1e3:.1f} | {step / gemm:.2f} "
-                  f"| {adam[fused_adam] * 1e3:.1f} | {(step - gemm - adam[fused_adam]) * 1e3:.1f} "
-                  f"| {speed} | " + " | ".join(iw_cells) + " |", flush=True)
+                  f"| {opt * 1e3:.1f} | {(step - gemm - opt) * 1e3:.1f} | {speed} "
+                  f"| {f'{faults:.0f}' if path == DEFAULT else ''} | "
+                  + " | ".join(iw_cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

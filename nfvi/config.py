@@ -174,6 +174,9 @@ class TrainerConfig:
     grad_clip: float | None = None
     on_nonfinite: OnNonFinite = OnNonFinite.stop
     num_threads: int | None = None
+    # glibc: keep freed memory for the next step's tensors instead of page-faulting fresh
+    # pages in every step (nfvi.runtime.keep_freed_memory); the process keeps its peak size
+    keep_freed_memory: bool = True
     progress: bool = True
     # how many MC samples for the energy task's batches
     mc_samples: int = 256

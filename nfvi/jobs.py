@@ -83,12 +83,15 @@ def requeued(run_dir: Path) -> bool:
 
 
 def prepare(cfg: Config):
-    """Range checks, torch threads, and the device (a one-line error if it is missing)."""
-    from nfvi.runtime import resolve_device, set_threads
+    """Range checks, torch threads, malloc's reuse of freed memory, and the device (a
+    one-line error if it is missing)."""
+    from nfvi.runtime import keep_freed_memory, resolve_device, set_threads
 
     validate(cfg)
     threads = cfg.trainer.num_threads
     set_threads(threads if threads is not None else launcher_threads())
+    if cfg.trainer.keep_freed_memory:
+        keep_freed_memory()
     return resolve_device(cfg.device)
 
 

@@ -140,7 +140,7 @@ class FlowLayer(nn.Module):
     def fused_broadcasts(self, z: Tensor) -> bool:
         """Whether :meth:`fused_forward` takes ``z [n B, D]`` (sample-major, row ``s B + b``)
         with parameters for the ``B`` contexts, ``[K, B, ...]``, untiled (False: the default;
-        planar and radial where their compiled kernels run, :mod:`nfvi.flows.native`)."""
+        planar and radial where their compiled kernels run, :mod:`nfvi.native`)."""
         return False
 
 

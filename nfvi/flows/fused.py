@@ -77,7 +77,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from nfvi.flows import native
+from nfvi import native
 
 Constraint = Callable[[Tensor, Tensor], Tensor]
 
@@ -127,7 +127,7 @@ def _planar_loop(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool,
 
     ``keep``: return every layer's input (for the backward); else ``z`` is updated in place.
     ``constrain``: ``u`` is raw, each layer's ``u_hat = constrain(u_k, w_k)`` (no graph only).
-    On a CPU with the compiled kernels (:mod:`nfvi.flows.native`) the loop runs there."""
+    On a CPU with the compiled kernels (:mod:`nfvi.native`) the loop runs there."""
     if native.usable(z, w, u, b):
         return native.planar_forward(z, w, u if constrain is None else constrain(u, w), b, keep)
     inputs: list[Tensor] = []
@@ -221,7 +221,7 @@ def planar_stack(z: Tensor, w: Tensor, u: Tensor, b: Tensor,
 def _radial_loop(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
                  ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """The forward: ``(z_K, log_det [B], d [K, B, D] or None, r [K, B, 1])``; compiled where
-    :mod:`nfvi.flows.native` can take it."""
+    :mod:`nfvi.native` can take it."""
     if native.usable(z, c, alpha, beta):
         return native.radial_forward(z, c, alpha, beta, keep)
     diffs: list[Tensor] = []

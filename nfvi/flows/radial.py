@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfvi.flows import native
+from nfvi import native
 from nfvi.flows.base import FlowLayer, Params, register_flow
 from nfvi.flows.fused import radial_stack
 

@@ -4,7 +4,7 @@ Same stack, same parameters, ``fused`` switched: outputs, log-determinants and e
 (z, each flow parameter, the amortized head and its context) agree to 1e-10 in float64; the
 Functions pass gradcheck; the fused path is the default, in the VAE and the energy task too.
 Every test runs twice: with the fused stacks' torch loops and with their compiled CPU kernels
-(:mod:`nfvi.flows.native`; skipped, saying why, where no C compiler could build them).
+(:mod:`nfvi.native`; skipped, saying why, where no C compiler could build them).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nfvi import native
 from nfvi.config import Config
 from nfvi.energy import TARGETS, EnergyModel
-from nfvi.flows import FlowStack, GlobalParams, make_flow, native
+from nfvi.flows import FlowStack, GlobalParams, make_flow
 from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction
 from nfvi.flows.planar import Planar
 from nfvi.flows.radial import Radial

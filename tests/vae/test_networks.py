@@ -1,10 +1,23 @@
-"""nfvi.vae.networks: the maxout layer."""
+"""nfvi.vae.networks: the maxout layer, with its compiled kernels and with torch's slices."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from nfvi.vae.networks import Maxout
+from nfvi import native
+from nfvi.vae.networks import Maxout, _WindowMax
+
+
+@pytest.fixture(autouse=True, params=["torch-slices", "native"])
+def backend(request):
+    """Maxout's window max on the CPU: torch's strided slices or the compiled kernel."""
+    if request.param == "native" and native.library() is None:
+        pytest.skip(native.status())
+    was = native.enabled()
+    native.set_enabled(request.param == "native")
+    yield request.param
+    native.set_enabled(was)
 
 
 def test_maxout_is_the_max_over_each_window_and_routes_the_gradient_to_it():
@@ -45,3 +58,17 @@ def test_maxout_with_pool_one_is_the_linear_layer():
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(layer(x), layer.linear(x), rtol=0, atol=0)
     assert torch.autograd.gradcheck(layer, (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_and_nans_as_torch_maximum_gives_them(dtype):
+    """Every entry tied for its window's max gets the gradient; a NaN in a window is its max
+    (and routes no gradient), as torch.maximum and ``==`` make it on the slice path."""
+    v = torch.tensor([[[1.0, 3.0, 3.0, 0.0], [float("nan"), 1.0, 2.0, 0.0],
+                       [-1.0, -2.0, float("nan"), -1.0], [2.0, 2.0, 2.0, 2.0]]],
+                     dtype=dtype, requires_grad=True)
+    y = _WindowMax.apply(v)
+    assert y[0, 0] == 3 and y[0, 1].isnan() and y[0, 2].isnan() and y[0, 3] == 2
+    (g,) = torch.autograd.grad(y, v, torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=dtype))
+    want = torch.tensor([[[0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0], [4, 4, 4, 4]]], dtype=dtype)
+    torch.testing.assert_close(g, want, rtol=0, atol=0)

@@ -1,8 +1,10 @@
-/* Planar and radial stacks, forward and hand-derived backward, one example at a time.
+/* nfvi's compiled CPU kernels (nfvi/native/__init__.py builds and loads them).
+
+   Planar and radial stacks, forward and hand-derived backward, one example at a time.
 
    The C twin of the torch loops in nfvi/flows/fused.py (whose docstring has the formulas):
    the same maps and gradients, computed row by row so that a row's K layers run in the
-   cache with no per-layer dispatch. Built on first use by nfvi/flows/native.py with the
+   cache with no per-layer dispatch. Built on first use by nfvi/native/__init__.py with the
    system C compiler and called through ctypes on tensors' memory; the torch loops stay the
    reference and the fallback (CUDA, no compiler, torch.func transforms).
 
@@ -156,8 +158,31 @@ void radial_backward_##SUF(long N, long P, long K, long D, const T *gz, const T 
     }                                                                                      \
 }
 
+/* Maxout's window maximum: v [R, pool] row-major -> m [R] (NaN-propagating, as
+   torch.maximum); its backward sends g [R] to every entry equal to its window's max. */
+#define DEFINE_MAXOUT(T, SUF)                                                              \
+void window_max_##SUF(long R, long pool, const T *v, T *m) {                               \
+    for (long r = 0; r < R; ++r) {                                                         \
+        const T *x = v + r * pool;                                                         \
+        T mx = x[0];                                                                       \
+        for (long i = 1; i < pool; ++i)                                                    \
+            if (x[i] > mx || x[i] != x[i]) mx = x[i];                                      \
+        m[r] = mx;                                                                         \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+void window_max_backward_##SUF(long R, long pool, const T *v, const T *m, const T *g,      \
+                               T *out) {                                                   \
+    for (long r = 0; r < R; ++r)                                                           \
+        for (long i = 0; i < pool; ++i)                                                    \
+            out[r * pool + i] = v[r * pool + i] == m[r] ? g[r] : (T)0;                     \
+}
+
+DEFINE_MAXOUT(float, f32)
+DEFINE_MAXOUT(double, f64)
+
 DEFINE_STACKS(float, f32, FLT_MIN, logf, tanhf, sqrtf, fabsf)
 DEFINE_STACKS(double, f64, DBL_MIN, log, tanh, sqrt, fabs)
 
 /* the interface's version: native.py refuses a library whose version differs */
-int nfvi_stacks_version(void) { return 1; }
+int nfvi_kernels_version(void) { return 1; }

@@ -1,12 +1,15 @@
-"""The compiled CPU kernels of the fused planar and radial stacks (``native_stacks.c``).
+"""nfvi's compiled CPU kernels (``kernels.c``): fused flow stacks and maxout's window maximum.
 
-:mod:`nfvi.flows.fused` runs a K-layer stack as one autograd node, but its torch loop still
-dispatches a few small operations per layer, forward and backward: at K = 80 on a CPU some 600
-dispatches per training step, each costing more than the arithmetic it does (a row of 40
-numbers). ``native_stacks.c`` runs the same forward and the same hand-derived backward one
-example at a time, all K layers of a row in the cache, with no dispatch at all; the formulas
-are those of :mod:`nfvi.flows.fused`'s docstring, and the tests hold the two to 1e-10 in
-float64 (``tests/flows/test_native.py``).
+:mod:`nfvi.flows.fused` runs a planar or radial K-layer stack as one autograd node, but its
+torch loop still dispatches a few small operations per layer, forward and backward: at K = 80
+on a CPU some 600 dispatches per training step, each costing more than the arithmetic it does
+(a row of 40 numbers). ``kernels.c`` runs the same forward and the same hand-derived backward
+one example at a time, all K layers of a row in the cache, with no dispatch at all; the
+formulas are those of :mod:`nfvi.flows.fused`'s docstring, and the tests hold the two to 1e-10
+in float64 (``tests/test_native.py``). Maxout's max over windows of 4 adjacent outputs, which
+torch can only do as strided slices (its reductions over a 4-wide innermost axis do not
+vectorize), is one pass over memory there, forward and backward
+(:class:`nfvi.vae.networks.Maxout`).
 
 The library is built on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang`` on ``PATH``; plain ``-O3``, no ``-march=native``, so that one build serves every
@@ -17,7 +20,7 @@ never load a half-written file. It is loaded with :mod:`ctypes` and called on th
 memory (float32 or float64, CPU, parameters with a unit stride along the last axis).
 
 Where it cannot be used -- no compiler, a failed build, CUDA tensors, other dtypes, inside
-``torch.func`` transforms -- the torch loop runs instead, the same map; :func:`status` says
+``torch.func`` transforms -- the torch code runs instead, the same map; :func:`status` says
 which and why. ``NFVI_NATIVE=0`` in the environment (or :func:`set_enabled`) turns it off.
 """
 
@@ -40,8 +43,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("native_stacks.c")
-VERSION = 1  # native_stacks.c's nfvi_stacks_version()
+SOURCE = Path(__file__).with_name("kernels.c")
+VERSION = 1  # kernels.c's nfvi_kernels_version()
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -84,7 +87,7 @@ def library_path() -> Path:
     key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, sys.platform,
                                                      platform.machine())).encode())
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
-    return cache_dir() / f"native_stacks-{key.hexdigest()[:16]}{suffix}"
+    return cache_dir() / f"kernels-{key.hexdigest()[:16]}{suffix}"
 
 
 def _build(target: Path) -> None:
@@ -92,7 +95,7 @@ def _build(target: Path) -> None:
     if cc is None:
         raise OSError("no C compiler found (set CC, or install cc/gcc/clang)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".native_stacks-", suffix=target.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=target.suffix,
                                dir=target.parent)
     os.close(fd)
     try:
@@ -120,7 +123,10 @@ def _declare(lib: ctypes.CDLL) -> None:
                                                           V, V, V, V]
         getattr(lib, f"radial_backward_{suf}").argtypes = shapes + [V, V, V, L, L, V, L, L, V, V,
                                                            V, V, V, V]
-        for name in ("planar_forward", "planar_backward", "radial_forward", "radial_backward"):
+        getattr(lib, f"window_max_{suf}").argtypes = [L, L, V, V]
+        getattr(lib, f"window_max_backward_{suf}").argtypes = [L, L, V, V, V, V]
+        for name in ("planar_forward", "planar_backward", "radial_forward", "radial_backward",
+                     "window_max", "window_max_backward"):
             getattr(lib, f"{name}_{suf}").restype = None
 
 
@@ -129,8 +135,8 @@ def _load() -> ctypes.CDLL:
     if not path.exists():
         _build(path)
     lib = ctypes.CDLL(str(path))
-    if lib.nfvi_stacks_version() != VERSION:
-        raise OSError(f"{path} is version {lib.nfvi_stacks_version()}, expected {VERSION}")
+    if lib.nfvi_kernels_version() != VERSION:
+        raise OSError(f"{path} is version {lib.nfvi_kernels_version()}, expected {VERSION}")
     _declare(lib)
     return lib
 
@@ -147,13 +153,13 @@ def library() -> ctypes.CDLL | None:
                     _state["lib"], _state["why"] = _load(), None
                 except (OSError, subprocess.SubprocessError, AttributeError) as err:
                     _state["why"] = str(err)
-                    log.debug("native flow stacks unavailable, using the torch loops: %s", err)
+                    log.debug("native kernels unavailable, using the torch code: %s", err)
                 _state["tried"] = True
     return _state["lib"]  # type: ignore[return-value]
 
 
 def status() -> str:
-    """One line: whether CPU stacks run compiled, and if not, why."""
+    """One line: whether the CPU kernels run compiled, and if not, why."""
     if not _enabled:
         return "torch loops (native kernels switched off: NFVI_NATIVE=0)"
     if library() is not None:
@@ -261,3 +267,23 @@ def radial_backward(g_z: Tensor, g_ld: Tensor, alpha: Tensor, beta: Tensor, d: T
         beta.data_ptr(), sbk, sbp, d.data_ptr(), r.data_ptr(), g0.data_ptr(), gc.data_ptr(),
         ga.data_ptr(), gb.data_ptr())
     return g0, gc, ga, gb
+
+
+def window_max(v: Tensor) -> Tensor:
+    """``v [..., pool]`` (contiguous) -> ``max over the last axis [...]``."""
+    lib = library()
+    v = v.contiguous()
+    m = v.new_empty(v.shape[:-1])
+    getattr(lib, f"window_max_{_SUFFIX[v.dtype]}")(m.numel(), v.shape[-1], v.data_ptr(),
+                                                    m.data_ptr())
+    return m
+
+
+def window_max_backward(v: Tensor, m: Tensor, g: Tensor) -> Tensor:
+    """``dL/dv [..., pool]``: ``g`` where ``v`` equals its window's max ``m``, else 0."""
+    lib = library()
+    v, m, g = v.contiguous(), m.contiguous(), g.contiguous()
+    out = torch.empty_like(v)
+    getattr(lib, f"window_max_backward_{_SUFFIX[v.dtype]}")(
+        m.numel(), v.shape[-1], v.data_ptr(), m.data_ptr(), g.data_ptr(), out.data_ptr())
+    return out

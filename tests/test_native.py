@@ -1,4 +1,4 @@
-"""The compiled CPU kernels of the fused stacks (nfvi.flows.native) against the torch loops.
+"""The compiled CPU kernels of the fused stacks (nfvi.native) against the torch loops.
 
 Values and gradients agree to 1e-10 in float64 for per-example, shared and broadcast
 parameter rows (``N = n B`` rows reading ``B`` parameter rows, the importance-weighted NLL's
@@ -16,7 +16,8 @@ import sys
 import pytest
 import torch
 
-from nfvi.flows import make_flow, native
+from nfvi import native
+from nfvi.flows import make_flow
 from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction
 
 F64 = torch.float64
@@ -152,7 +153,8 @@ def test_torch_func_transforms_take_the_torch_loop(backend):
 
 PROBE = """
 import torch
-from nfvi.flows import make_flow, native
+from nfvi import native
+from nfvi.flows import make_flow
 print(native.status())
 torch.manual_seed(0)
 flow = make_flow("planar", 3, 4).double()
