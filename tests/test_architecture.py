@@ -44,15 +44,20 @@ def test_nothing_imports_the_cli():
 
 @pytest.mark.parametrize("path", [p for p in MODULES if "flows" in p.parts], ids=str)
 def test_flows_know_only_tensors(path):
-    outside = {m for m in nfvi_imports(path) if not in_package(m, "nfvi.flows")}
+    outside = {m for m in nfvi_imports(path) if not in_package(m, "nfvi.flows", "nfvi.native")}
     assert not outside, (path, outside)
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "native" in p.parts], ids=str)
+def test_native_kernels_are_a_leaf(path):
+    assert not nfvi_imports(path), path
 
 
 @pytest.mark.parametrize("name", ["nfvi/vae/model.py", "nfvi/energy/model.py",
                                   "nfvi/vae/networks.py", "nfvi/vae/likelihoods.py",
                                   "nfvi/energy/targets.py"])
 def test_models_import_no_data_no_loop_no_jobs(name):
-    allowed = ("nfvi.flows", "nfvi.vae.networks", "nfvi.vae.likelihoods")
+    allowed = ("nfvi.flows", "nfvi.native", "nfvi.vae.networks", "nfvi.vae.likelihoods")
     outside = {m for m in nfvi_imports(PACKAGE.parent / name) if not in_package(m, *allowed)}
     assert not outside, (name, outside)
 

@@ -77,7 +77,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from nfvi import native
+import nfvi.native as native
 
 Constraint = Callable[[Tensor, Tensor], Tensor]
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfvi import native
+import nfvi.native as native
 from nfvi.flows.base import FlowLayer, Params, register_flow
 from nfvi.flows.fused import radial_stack
 

@@ -20,6 +20,7 @@
 #include <math.h>
 #include <float.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #define DEFINE_STACKS(T, SUF, TINY, LOG, TANH, SQRT, FABS)                                  \
                                                                                            \
@@ -50,6 +51,12 @@ static T inv_abs_##SUF(T x, T scale) {                                          
 void planar_forward_##SUF(long N, long P, long K, long D, const T *z0,                     \
                           const T *w, long swk, long swp, const T *u, long suk, long sup,  \
                           const T *b, long sbk, long sbp, T *zout, T *ld, T *zin, T *h) {  \
+    /* rows sharing parameters (P < N) share s = w^T u_hat: once per parameter row */     \
+    T *sk = P < N ? (T *)malloc(sizeof(T) * K * P) : NULL;                                 \
+    if (sk)                                                                                \
+        for (long k = 0; k < K; ++k)                                                       \
+            for (long p = 0; p < P; ++p)                                                   \
+                sk[k * P + p] = dot_##SUF(w + k * swk + p * swp, u + k * suk + p * sup, D); \
     for (long r = 0; r < N; ++r) {                                                         \
         long p = P == 1 ? 0 : r % P;                                                       \
         T *z = zout + r * D;                                                               \
@@ -57,6 +64,7 @@ void planar_forward_##SUF(long N, long P, long K, long D, const T *z0,          
         T acc = 0;                                                                         \
         for (long k = 0; k < K; ++k) {                                                     \
             const T *wk = w + k * swk + p * swp, *uk = u + k * suk + p * sup;              \
+            T s = sk ? sk[k * P + p] : dot_##SUF(wk, uk, D);                               \
             if (zin) {                                                                     \
                 T *zi = zin + (k * N + r) * D;                                             \
                 for (long j = 0; j < D; ++j) zi[j] = z[j];                                 \
@@ -64,10 +72,11 @@ void planar_forward_##SUF(long N, long P, long K, long D, const T *z0,          
             T hk = TANH(dot_##SUF(z, wk, D) + b[k * sbk + p * sbp]);                       \
             if (h) h[k * N + r] = hk;                                                      \
             for (long j = 0; j < D; ++j) z[j] += hk * uk[j];                               \
-            acc += log_abs_##SUF((T)1 + ((T)1 - hk * hk) * dot_##SUF(wk, uk, D));          \
+            acc += log_abs_##SUF((T)1 + ((T)1 - hk * hk) * s);                             \
         }                                                                                  \
         ld[r] = acc;                                                                       \
     }                                                                                      \
+    free(sk);                                                                              \
 }                                                                                          \
                                                                                            \
 void planar_backward_##SUF(long N, long P, long K, long D, const T *gz, const T *gld,      \

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from nfvi import native
+import nfvi.native as native
 
 
 def _window_max(v: Tensor) -> Tensor:
