@@ -72,3 +72,15 @@ def test_ties_and_nans_as_torch_maximum_gives_them(dtype):
     (g,) = torch.autograd.grad(y, v, torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=dtype))
     want = torch.tensor([[[0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0], [4, 4, 4, 4]]], dtype=dtype)
     torch.testing.assert_close(g, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pool", [2, 3, 4, 5])
+def test_a_nan_anywhere_in_a_window_is_its_max(pool):
+    """NaN wins wherever it sits (the kernels special-case pool 4); other windows untouched."""
+    torch.manual_seed(pool)
+    v = torch.randn(3, pool, pool)
+    for i in range(pool):
+        v[1, i, i] = float("nan")
+    y = _WindowMax.apply(v.clone().requires_grad_())
+    assert y[1].isnan().all() and not y[[0, 2]].isnan().any()
+    torch.testing.assert_close(y[[0, 2]], v[[0, 2]].amax(-1), rtol=0, atol=0)
