@@ -193,3 +193,38 @@ def test_without_a_compiler_the_torch_loop_runs(tmp_path):
         _, values_on = probe(tmp_path)
         on, ref = eval(values_on), eval(values)  # noqa: S307  (a list literal we printed)
         assert on == pytest.approx(ref, rel=1e-12, abs=1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("flow", ["planar", "radial"])
+@pytest.mark.parametrize("rows", ["per-example", "shared", "broadcast"])
+def test_large_calls_on_threads_give_the_single_thread_result(flow, rows, backend,
+                                                              monkeypatch):
+    """Without a graph, a call above ``PARALLEL_WORK`` runs on threads over blocks of rows
+    (parameter rows ``r % P`` kept per block); bit-equal to one call, and to the torch loop to
+    1e-10. 3 threads over 7 x 5 rows: blocks that do not divide evenly."""
+    gen = torch.Generator().manual_seed(3)
+    N = B * 7 if rows != "per-example" else 37
+    P = {"per-example": N, "shared": 1, "broadcast": B}[rows]
+    z = torch.randn(N, D, generator=gen, dtype=F64)
+    ps = params(flow, P, F64, gen)
+    fwd = native.planar_forward if flow == "planar" else native.radial_forward
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fwd(z, *ps, keep=False)[:2]
+        torch.set_num_threads(3)
+        monkeypatch.setattr(native, "PARALLEL_WORK", 1)
+        assert len(native._row_blocks(N, P, N * K * D)) == 3
+        many = fwd(z, *ps, keep=False)[:2]
+        v = torch.randn(N, 9, 4, generator=gen, dtype=F64)
+        assert torch.equal(native.window_max(v), v.amax(-1))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many, strict=True):
+        assert torch.equal(a, b)
+    backend(False)
+    with torch.no_grad():
+        ref = stack(flow, z, [p.repeat(1, N // P, 1) for p in ps])  # every row its own copy
+    for a, b in zip(many, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL)

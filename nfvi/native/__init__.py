@@ -19,6 +19,11 @@ version, written to a temporary file and renamed into place, so concurrent jobs 
 never load a half-written file. It is loaded with :mod:`ctypes` and called on the tensors'
 memory (float32 or float64, CPU, parameters with a unit stride along the last axis).
 
+Large calls without a graph to record -- the importance-weighted NLL's S samples through the
+flow, maxout over its chunks -- run on ``torch.get_num_threads()`` threads, each on its own
+block of rows (ctypes releases the GIL during a call; rows are independent, so the result
+does not depend on the thread count); a training step's calls are too small to gain.
+
 Where it cannot be used -- no compiler, a failed build, CUDA tensors, other dtypes, inside
 ``torch.func`` transforms -- the torch code runs instead, the same map; :func:`status` says
 which and why. ``NFVI_NATIVE=0`` in the environment (or :func:`set_enabled`) turns it off.
@@ -183,6 +188,40 @@ def usable(*tensors: Tensor) -> bool:
 
 # ----------------------------------------------------------------------------- calls
 
+PARALLEL_WORK = 1 << 20  # elements of work below which threads cost more than they save
+_pool: tuple[int, object] | None = None
+
+
+def _row_blocks(N: int, P: int, work: int) -> list[tuple[int, int]]:
+    """``[(r0, r1), ...]``: one block of rows per thread for a call of ``work`` elements, the
+    blocks' starts multiples of ``P`` when ``1 < P < N`` (row ``r`` reads parameter row
+    ``r % P``, so a block starting at a multiple of ``P`` reads them as the whole call does)."""
+    threads = torch.get_num_threads()
+    if threads < 2 or work < PARALLEL_WORK:
+        return [(0, N)]
+    unit = P if 1 < P < N else 1
+    units = N // unit
+    per = -(-units // min(threads, units)) * unit
+    return [(r0, min(N, r0 + per)) for r0 in range(0, N, per)]
+
+
+def _run_blocks(calls: list) -> None:
+    """Run the zero-argument ``calls`` (ctypes calls on disjoint rows) concurrently."""
+    global _pool
+    if len(calls) == 1:
+        calls[0]()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _lock:
+        if _pool is None or _pool[0] < len(calls):
+            _pool = (len(calls), ThreadPoolExecutor(len(calls), "nfvi-native"))
+        pool = _pool[1]
+    futures = [pool.submit(c) for c in calls[1:]]
+    calls[0]()  # the caller's thread takes the first block
+    for f in futures:
+        f.result()
+
 
 def _param(t: Tensor) -> tuple[Tensor, int, int]:
     """A ``[K, P, n]`` parameter with a unit last stride, and its layer and row strides."""
@@ -211,11 +250,22 @@ def planar_forward(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool
     out, ld = torch.empty_like(z), z.new_empty(N)
     zin = z.new_empty(K, N, D) if keep else None
     h = z.new_empty(K, N, 1) if keep else None
-    getattr(lib, f"planar_forward_{_SUFFIX[z.dtype]}")(
-        N, P, K, D, z.data_ptr(), w.data_ptr(), swk, swp, u.data_ptr(), suk, sup,
-        b.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(),
-        zin.data_ptr() if keep else None, h.data_ptr() if keep else None)
-    return out, ld, zin, h
+    fn, e = getattr(lib, f"planar_forward_{_SUFFIX[z.dtype]}"), z.element_size()
+    if keep:  # the saved [K, N, D] layout spans all rows: one call
+        fn(N, P, K, D, z.data_ptr(), w.data_ptr(), swk, swp, u.data_ptr(), suk, sup,
+           b.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(), zin.data_ptr(), h.data_ptr())
+        return out, ld, zin, h
+
+    def block(r0: int, r1: int):
+        p0 = r0 if P == N else 0  # per-example parameters: the block's own rows
+        Pb = r1 - r0 if P == N else P
+        return lambda: fn(r1 - r0, Pb, K, D, z.data_ptr() + r0 * D * e,
+                          w.data_ptr() + p0 * swp * e, swk, swp, u.data_ptr() + p0 * sup * e,
+                          suk, sup, b.data_ptr() + p0 * sbp * e, sbk, sbp,
+                          out.data_ptr() + r0 * D * e, ld.data_ptr() + r0 * e, None, None)
+
+    _run_blocks([block(r0, r1) for r0, r1 in _row_blocks(N, P, N * K * D)])
+    return out, ld, None, None
 
 
 def planar_backward(g_z: Tensor, g_ld: Tensor, w: Tensor, u: Tensor, zin: Tensor, h: Tensor
@@ -245,11 +295,23 @@ def radial_forward(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
     out, ld = torch.empty_like(z), z.new_empty(N)
     d = z.new_empty(K, N, D) if keep else None
     r = z.new_empty(K, N, 1) if keep else None
-    getattr(lib, f"radial_forward_{_SUFFIX[z.dtype]}")(
-        N, P, K, D, z.data_ptr(), c.data_ptr(), sck, scp, alpha.data_ptr(), sak, sap,
-        beta.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(),
-        d.data_ptr() if keep else None, r.data_ptr() if keep else None)
-    return out, ld, d, r
+    fn, e = getattr(lib, f"radial_forward_{_SUFFIX[z.dtype]}"), z.element_size()
+    if keep:  # the saved [K, N, D] layout spans all rows: one call
+        fn(N, P, K, D, z.data_ptr(), c.data_ptr(), sck, scp, alpha.data_ptr(), sak, sap,
+           beta.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(), d.data_ptr(), r.data_ptr())
+        return out, ld, d, r
+
+    def block(r0: int, r1: int):
+        p0 = r0 if P == N else 0  # per-example parameters: the block's own rows
+        Pb = r1 - r0 if P == N else P
+        return lambda: fn(r1 - r0, Pb, K, D, z.data_ptr() + r0 * D * e,
+                          c.data_ptr() + p0 * scp * e, sck, scp,
+                          alpha.data_ptr() + p0 * sap * e, sak, sap,
+                          beta.data_ptr() + p0 * sbp * e, sbk, sbp,
+                          out.data_ptr() + r0 * D * e, ld.data_ptr() + r0 * e, None, None)
+
+    _run_blocks([block(r0, r1) for r0, r1 in _row_blocks(N, P, N * K * D)])
+    return out, ld, None, None
 
 
 def radial_backward(g_z: Tensor, g_ld: Tensor, alpha: Tensor, beta: Tensor, d: Tensor,
@@ -274,8 +336,11 @@ def window_max(v: Tensor) -> Tensor:
     lib = library()
     v = v.contiguous()
     m = v.new_empty(v.shape[:-1])
-    getattr(lib, f"window_max_{_SUFFIX[v.dtype]}")(m.numel(), v.shape[-1], v.data_ptr(),
-                                                    m.data_ptr())
+    fn, e, R, pool = getattr(lib, f"window_max_{_SUFFIX[v.dtype]}"), v.element_size(), \
+        m.numel(), v.shape[-1]
+    _run_blocks([lambda r0=r0, r1=r1: fn(r1 - r0, pool, v.data_ptr() + r0 * pool * e,
+                                         m.data_ptr() + r0 * e)
+                 for r0, r1 in _row_blocks(R, 1, v.numel())])
     return m
 
 
