@@ -228,3 +228,27 @@ def test_large_calls_on_threads_give_the_single_thread_result(flow, rows, backen
         ref = stack(flow, z, [p.repeat(1, N // P, 1) for p in ps])  # every row its own copy
     for a, b in zip(many, ref, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+FORKED = """
+import os, sys, torch
+from nfvi import native
+native.PARALLEL_WORK = 1
+torch.set_num_threads(2)
+v = torch.randn(64, 8, 4)
+native.window_max(v)  # the parent's pool exists before the fork
+pid = os.fork()
+if pid == 0:
+    torch.set_num_threads(2)
+    os._exit(0 if torch.equal(native.window_max(v), v.amax(-1)) else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@needs_kernels
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_threaded_calls_on_its_own_pool():
+    """The parent's worker threads do not survive a fork; the child must not wait on them."""
+    done = subprocess.run([sys.executable, "-c", FORKED], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -189,7 +189,7 @@ def usable(*tensors: Tensor) -> bool:
 # ----------------------------------------------------------------------------- calls
 
 PARALLEL_WORK = 1 << 20  # elements of work below which threads cost more than they save
-_pool: tuple[int, object] | None = None
+_pool: tuple[int, object, int] | None = None  # (threads, executor, owner pid)
 
 
 def _row_blocks(N: int, P: int, work: int) -> list[tuple[int, int]]:
@@ -213,9 +213,9 @@ def _run_blocks(calls: list) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with _lock:
-        if _pool is None or _pool[0] < len(calls):
-            _pool = (len(calls), ThreadPoolExecutor(len(calls), "nfvi-native"))
+    with _lock:  # a forked child inherits the pool but not its threads: a new one there
+        if _pool is None or _pool[0] < len(calls) or _pool[2] != os.getpid():
+            _pool = (len(calls), ThreadPoolExecutor(len(calls), "nfvi-native"), os.getpid())
         pool = _pool[1]
     futures = [pool.submit(c) for c in calls[1:]]
     calls[0]()  # the caller's thread takes the first block
