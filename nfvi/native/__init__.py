@@ -238,34 +238,40 @@ def _sizes(z: Tensor, p: Tensor) -> tuple[int, int, int, int]:
     return N, P, K, D
 
 
+def _stack_forward(kind: str, z: Tensor, params: tuple[Tensor, Tensor, Tensor], keep: bool
+                   ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The planar and radial forward kernels' shared call: ``z [N, D]`` through the three
+    ``[K, P, n]`` parameters; ``keep`` saves ``[K, N, D]`` and ``[K, N, 1]`` for the backward
+    in one call, else large calls run on threads over blocks of rows (:func:`_row_blocks`)."""
+    lib = library()
+    z = z.contiguous()
+    N, P, K, D = _sizes(z, params[0])
+    params = [_param(t) for t in params]
+    out, ld = torch.empty_like(z), z.new_empty(N)
+    fn, e = getattr(lib, f"{kind}_forward_{_SUFFIX[z.dtype]}"), z.element_size()
+    if keep:  # the saved [K, N, D] layout spans all rows: one call
+        saved = z.new_empty(K, N, D), z.new_empty(K, N, 1)
+        fn(N, P, K, D, z.data_ptr(), *[x for t, sk, sp in params for x in (t.data_ptr(), sk, sp)],
+           out.data_ptr(), ld.data_ptr(), saved[0].data_ptr(), saved[1].data_ptr())
+        return out, ld, *saved
+
+    def block(r0: int, r1: int):
+        p0 = r0 if P == N else 0  # per-example parameters: the block's own rows
+        args = [x for t, sk, sp in params for x in (t.data_ptr() + p0 * sp * e, sk, sp)]
+        return lambda: fn(r1 - r0, r1 - r0 if P == N else P, K, D, z.data_ptr() + r0 * D * e,
+                          *args, out.data_ptr() + r0 * D * e, ld.data_ptr() + r0 * e,
+                          None, None)
+
+    _run_blocks([block(r0, r1) for r0, r1 in _row_blocks(N, P, N * K * D)])
+    return out, ld, None, None
+
+
 def planar_forward(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool
                    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """``(z_K [N, D], log_det [N], inputs [K, N, D], h [K, N, 1])`` (the last two None unless
     ``keep``); ``w, u_hat [K, P, D]``, ``b [K, P, 1]``, row ``r`` of ``z`` reading parameter
     row ``r % P`` (``P = 1``: shared)."""
-    lib = library()
-    z = z.contiguous()
-    N, P, K, D = _sizes(z, w)
-    (w, swk, swp), (u, suk, sup), (b, sbk, sbp) = _param(w), _param(u), _param(b)
-    out, ld = torch.empty_like(z), z.new_empty(N)
-    zin = z.new_empty(K, N, D) if keep else None
-    h = z.new_empty(K, N, 1) if keep else None
-    fn, e = getattr(lib, f"planar_forward_{_SUFFIX[z.dtype]}"), z.element_size()
-    if keep:  # the saved [K, N, D] layout spans all rows: one call
-        fn(N, P, K, D, z.data_ptr(), w.data_ptr(), swk, swp, u.data_ptr(), suk, sup,
-           b.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(), zin.data_ptr(), h.data_ptr())
-        return out, ld, zin, h
-
-    def block(r0: int, r1: int):
-        p0 = r0 if P == N else 0  # per-example parameters: the block's own rows
-        Pb = r1 - r0 if P == N else P
-        return lambda: fn(r1 - r0, Pb, K, D, z.data_ptr() + r0 * D * e,
-                          w.data_ptr() + p0 * swp * e, swk, swp, u.data_ptr() + p0 * sup * e,
-                          suk, sup, b.data_ptr() + p0 * sbp * e, sbk, sbp,
-                          out.data_ptr() + r0 * D * e, ld.data_ptr() + r0 * e, None, None)
-
-    _run_blocks([block(r0, r1) for r0, r1 in _row_blocks(N, P, N * K * D)])
-    return out, ld, None, None
+    return _stack_forward("planar", z, (w, u, b), keep)
 
 
 def planar_backward(g_z: Tensor, g_ld: Tensor, w: Tensor, u: Tensor, zin: Tensor, h: Tensor
@@ -288,30 +294,7 @@ def radial_forward(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
                    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """``(z_K [N, D], log_det [N], d [K, N, D], r [K, N, 1])`` (the last two None unless
     ``keep``); ``c [K, P, D]``, ``alpha, beta [K, P, 1]`` constrained."""
-    lib = library()
-    z = z.contiguous()
-    N, P, K, D = _sizes(z, c)
-    (c, sck, scp), (alpha, sak, sap), (beta, sbk, sbp) = _param(c), _param(alpha), _param(beta)
-    out, ld = torch.empty_like(z), z.new_empty(N)
-    d = z.new_empty(K, N, D) if keep else None
-    r = z.new_empty(K, N, 1) if keep else None
-    fn, e = getattr(lib, f"radial_forward_{_SUFFIX[z.dtype]}"), z.element_size()
-    if keep:  # the saved [K, N, D] layout spans all rows: one call
-        fn(N, P, K, D, z.data_ptr(), c.data_ptr(), sck, scp, alpha.data_ptr(), sak, sap,
-           beta.data_ptr(), sbk, sbp, out.data_ptr(), ld.data_ptr(), d.data_ptr(), r.data_ptr())
-        return out, ld, d, r
-
-    def block(r0: int, r1: int):
-        p0 = r0 if P == N else 0  # per-example parameters: the block's own rows
-        Pb = r1 - r0 if P == N else P
-        return lambda: fn(r1 - r0, Pb, K, D, z.data_ptr() + r0 * D * e,
-                          c.data_ptr() + p0 * scp * e, sck, scp,
-                          alpha.data_ptr() + p0 * sap * e, sak, sap,
-                          beta.data_ptr() + p0 * sbp * e, sbk, sbp,
-                          out.data_ptr() + r0 * D * e, ld.data_ptr() + r0 * e, None, None)
-
-    _run_blocks([block(r0, r1) for r0, r1 in _row_blocks(N, P, N * K * D)])
-    return out, ld, None, None
+    return _stack_forward("radial", z, (c, alpha, beta), keep)
 
 
 def radial_backward(g_z: Tensor, g_ld: Tensor, alpha: Tensor, beta: Tensor, d: Tensor,
