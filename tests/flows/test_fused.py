@@ -3,8 +3,9 @@
 Same stack, same parameters, ``fused`` switched: outputs, log-determinants and every gradient
 (z, each flow parameter, the amortized head and its context) agree to 1e-10 in float64; the
 Functions pass gradcheck; the fused path is the default, in the VAE and the energy task too.
-Every test runs twice: with the fused stacks' torch loops and with their compiled CPU kernels
-(:mod:`nfvi.native`; skipped, saying why, where no C compiler could build them).
+Every test runs three times: with the fused stacks' torch loops and with their compiled CPU
+kernels (:mod:`nfvi.native`; skipped, saying why, where no C compiler could build them), and with
+the torch loops on a CUDA device (every tensor made there; skipped without one).
 """
 
 from __future__ import annotations
@@ -34,15 +35,25 @@ KINDS = [
 MODES = [pytest.param(False, id="global"), pytest.param(True, id="amortized")]
 
 
-@pytest.fixture(autouse=True, params=["torch-loop", "native"])
+@pytest.fixture(autouse=True, params=["torch-loop", "native", "cuda"])
 def backend(request):
-    """The fused stacks' implementation on the CPU: torch's loop or the compiled kernels."""
+    """The fused stacks' implementation: torch's loop or the compiled kernels on the CPU, or
+    torch's loop on a CUDA device (the default device for the test: every tensor is made there)."""
     if request.param == "native" and native.library() is None:
         pytest.skip(native.status())
-    was = native.enabled()
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    was, device = native.enabled(), torch.get_default_device()
     native.set_enabled(request.param == "native")
+    torch.set_default_device("cuda" if request.param == "cuda" else device)
     yield request.param
     native.set_enabled(was)
+    torch.set_default_device(device)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A seeded generator on the device the tensors are made on."""
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
 
 
 def randomized(name: str, K: int, amortized: bool, scale: float, **hparams) -> FlowStack:
@@ -56,7 +67,7 @@ def randomized(name: str, K: int, amortized: bool, scale: float, **hparams) -> F
 
 def run(flow: FlowStack, fused: bool, amortized: bool, use_ld: bool = True, use_z: bool = True):
     """Outputs and the gradients of a loss using both (or one) of them."""
-    gen = torch.Generator().manual_seed(1)
+    gen = generator(1)
     z = (torch.randn(BATCH, DIM, generator=gen, dtype=F64) * 2).requires_grad_()
     ctx = torch.randn(BATCH, CONTEXT, generator=gen, dtype=F64).requires_grad_() if amortized \
         else None
@@ -81,10 +92,11 @@ def run(flow: FlowStack, fused: bool, amortized: bool, use_ld: bool = True, use_
 @pytest.mark.parametrize("amortized", MODES)
 @pytest.mark.parametrize("K", [1, 3, 10])
 @pytest.mark.parametrize("scale", [0.5, 2.0])
-def test_fused_equals_layer_by_layer(name, hparams, amortized, K, scale):
+def test_fused_equals_layer_by_layer(backend, name, hparams, amortized, K, scale):
     flow = randomized(name, K, amortized, scale, **hparams)
     zf, ldf, gf, fn_fused = run(flow, True, amortized)
     zu, ldu, gu, fn_plain = run(flow, False, amortized)
+    assert zf.device.type == ("cuda" if backend == "cuda" else "cpu")
     assert fn_fused == f"{name.capitalize()}StackFunctionBackward"
     assert "StackFunction" not in fn_plain
     torch.testing.assert_close(zf, zu, **TOL)
@@ -128,7 +140,7 @@ def test_without_a_graph_the_lean_loop_gives_the_same_values(name, hparams, amor
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-example", "shared"])
 def test_planar_function_gradcheck(shared):
-    gen = torch.Generator().manual_seed(0)
+    gen = generator(0)
     K, B, D = 3, 4, 3
     P = 1 if shared else B
 
@@ -141,7 +153,7 @@ def test_planar_function_gradcheck(shared):
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-example", "shared"])
 def test_radial_function_gradcheck(shared):
-    gen = torch.Generator().manual_seed(0)
+    gen = generator(0)
     K, B, D = 3, 4, 3
     P = 1 if shared else B
     z = torch.randn(B, D, generator=gen, dtype=F64).requires_grad_()
