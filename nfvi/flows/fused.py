@@ -12,10 +12,10 @@ once on ``[K, B, ...]`` tensors.
 
 Shapes: ``z [B, D]``; every parameter stacked over the layers, ``[K, B, ...]`` (amortized: one
 set per example) or ``[K, 1, ...]`` (global: shared, broadcast over the batch; its gradient is
-summed over the batch). The constraints (planar ``u -> u_hat``, radial ``alpha, beta``) are
-applied before, in ordinary autograd, on the stacked tensors (:func:`planar_stack`,
-:meth:`nfvi.flows.radial.Radial.fused_forward`), so the hand-written backward covers only the
-maps below.
+summed over the batch). The constraints are applied before, on the stacked tensors: planar's
+``u -> u_hat`` as one more node with a backward by hand (:class:`PlanarConstraint`), radial's
+``alpha, beta`` in ordinary autograd (:meth:`nfvi.flows.radial.Radial.fused_forward`); the
+stack's own backward covers only the maps below.
 
 Planar, layer k (eqs. 10-12), ``a_k = w_k^T z_{k-1} + b_k``, ``h_k = tanh(a_k)``::
 
@@ -71,15 +71,14 @@ backward (``once_differentiable``: differentiating the gradient raises).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 import nfvi.native as native
-
-Constraint = Callable[[Tensor, Tensor], Tensor]
 
 
 def _functorch_active() -> bool:
@@ -120,8 +119,78 @@ def _inv_abs(x: Tensor, scale: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- planar
 
 
+@dataclass(frozen=True)
+class PlanarConstraint:
+    """Planar's invertibility constraint (R&M 2015, appendix A): the raw ``u`` to
+    ``u_hat = u + c w`` with ``c = (m(s) - s) / n``, ``s = w^T u``, ``n = max(||w||^2, tiny)``
+    and ``m(x) = scale (softplus(x + shift) - 1)``, so ``w^T u_hat = m(s) > -scale``
+    (:mod:`nfvi.flows.planar`: ``shift = 0`` the paper's ``m``, ``ln(e - 1)`` centered; ``scale
+    = 1 - det_floor``). Shapes ``u, w [..., D]`` -> ``[..., D]``.
+
+    Called, it is the formula in ordinary autograd (the layer-by-layer reference). :meth:`fused`
+    is the same map as one autograd node (:class:`PlanarConstraintFunction`) whose backward,
+    with ``G = dL/du_hat``, ``m' = scale sigmoid(s + shift)`` and ``a = (G^T w) (m' - 1) / n``,
+    is ::
+
+        dL/du = G + a w,       dL/dw = c G + a u - 2 (G^T w) (c / n) w
+
+    (the last term only where ``||w||^2`` is above the clamp): for a K-layer stack some 20
+    autograd operations on ``[K, B, D]`` tensors become one pass (a compiled kernel on a CPU).
+    """
+
+    shift: float = 0.0
+    scale: float = 1.0
+
+    def __call__(self, u: Tensor, w: Tensor) -> Tensor:
+        s = (w * u).sum(-1, keepdim=True)
+        n = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        m = self.scale * (F.softplus(s + self.shift) - 1.0)
+        return u + (m - s) * w / n
+
+    def fused(self, u: Tensor, w: Tensor) -> Tensor:
+        """``u_hat`` through :class:`PlanarConstraintFunction` (compiled kernels on a CPU)."""
+        return PlanarConstraintFunction.apply(u, w, self.shift, self.scale)
+
+
+class PlanarConstraintFunction(torch.autograd.Function):
+    """``(u [K, P, D], w [K, P, D], shift, scale) -> u_hat [K, P, D]``, the backward by hand
+    (:class:`PlanarConstraint`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(u: Tensor, w: Tensor, shift: float, scale: float):  # type: ignore[override]
+        if native.usable(u, w):
+            return native.planar_constrain(u, w, shift, scale)
+        return PlanarConstraint(shift, scale)(u, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        u, w, ctx.shift, ctx.scale = inputs
+        ctx.save_for_backward(u, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        u, w = ctx.saved_tensors
+        if native.usable(g, u, w):
+            return *native.planar_constrain_backward(u, w, ctx.shift, ctx.scale, g), None, None
+        tiny = torch.finfo(w.dtype).tiny
+        s = (w * u).sum(-1, keepdim=True)
+        n_raw = (w * w).sum(-1, keepdim=True)
+        n = n_raw.clamp_min(tiny)
+        x = s + ctx.shift
+        m = ctx.scale * (F.softplus(x) - 1.0)
+        dm = ctx.scale * torch.where(x > 20.0, x.new_ones(()), torch.sigmoid(x))  # softplus'
+        c = (m - s) / n
+        gdw = (g * w).sum(-1, keepdim=True)
+        a = gdw * (dm - 1.0) / n
+        bw = torch.where(n_raw >= tiny, -2.0 * gdw * c / n, n.new_zeros(()))
+        return torch.addcmul(g, a, w), c * g + a * u + bw * w, None, None
+
+
 def _planar_loop(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool,
-                 constrain: Constraint | None = None
+                 constrain: PlanarConstraint | None = None
                  ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """The forward: ``(z_K, log_det [B], inputs [K, B, D] or None, h [K, B, 1])``.
 
@@ -129,7 +198,8 @@ def _planar_loop(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool,
     ``constrain``: ``u`` is raw, each layer's ``u_hat = constrain(u_k, w_k)`` (no graph only).
     On a CPU with the compiled kernels (:mod:`nfvi.native`) the loop runs there."""
     if native.usable(z, w, u, b):
-        return native.planar_forward(z, w, u if constrain is None else constrain(u, w), b, keep)
+        u_hat = u if constrain is None else constrain.fused(u, w)
+        return native.planar_forward(z, w, u_hat, b, keep)
     inputs: list[Tensor] = []
     hs: list[Tensor] = []
     ss: list[Tensor] = []
@@ -199,16 +269,17 @@ class PlanarStackFunction(torch.autograd.Function):
 
 
 def planar_stack(z: Tensor, w: Tensor, u: Tensor, b: Tensor,
-                 constrain: Constraint | None = None) -> tuple[Tensor, Tensor]:
+                 constrain: PlanarConstraint | None = None) -> tuple[Tensor, Tensor]:
     """K planar layers: ``z [B, D]``, ``w, u [K, B|1, D]``, ``b [K, B|1, 1]`` ->
     ``(z_K [B, D], sum_k log|det_k| [B])``.
 
-    ``constrain(u, w) -> u_hat`` (shapes ``[..., D]``): ``u`` is raw and constrained here, for
-    all layers at once in autograd before the fused pass; without a graph to record, layer by
-    layer inside the loop instead (at evaluation batch sizes a ``[K, B, D]`` temporary falls out
-    of the cache, one layer's does not). None: ``u`` is ``u_hat`` already."""
+    ``constrain``: ``u`` is raw and constrained here, for all layers at once before the fused
+    pass (one autograd node, :meth:`PlanarConstraint.fused`); without a graph to record, the
+    torch loop does it layer by layer inside (at evaluation batch sizes a ``[K, B, D]``
+    temporary falls out of the cache, one layer's does not) and the compiled kernels for all
+    layers at once (``[K, P, D]``, P the parameter rows). None: ``u`` is ``u_hat`` already."""
     if _record(z, w, u, b):
-        u_hat = u if constrain is None else constrain(u, w)
+        u_hat = u if constrain is None else constrain.fused(u, w)
         z_k, log_det, _, _ = PlanarStackFunction.apply(z, w, u_hat, b)
         return z_k, log_det
     z_k, log_det, _, _ = _planar_loop(z, w, u, b, keep=False, constrain=constrain)

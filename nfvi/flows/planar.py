@@ -18,8 +18,8 @@ There is no closed-form inverse (``has_inverse = False``: :meth:`inverse` raises
 :class:`~nfvi.flows.base.InverseNotAvailable`).
 
 A stack of planar layers of one set of hyperparameters runs fused by default
-(:meth:`Planar.fused_forward`, :mod:`nfvi.flows.fused`): ``u_hat`` for all layers at once in
-ordinary autograd, then one pass with a hand-derived backward. ``det_floor`` and ``centered``
+(:meth:`Planar.fused_forward`, :mod:`nfvi.flows.fused`): ``u_hat`` for all layers at once, then
+one pass over the layers, each with a hand-derived backward. ``det_floor`` and ``centered``
 only change ``u_hat``, so every option fuses.
 """
 
@@ -28,12 +28,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import nfvi.native as native
 from nfvi.flows.base import FlowLayer, Params, register_flow
-from nfvi.flows.fused import planar_stack
+from nfvi.flows.fused import PlanarConstraint, planar_stack
 
 
 @register_flow("planar")
@@ -59,6 +58,7 @@ class Planar(FlowLayer):
             w_init_std = dim**-0.5 if centered else 0.01
         self.w_init_std = float(w_init_std)
         self.floor = float(det_floor)
+        self.constraint = PlanarConstraint(self.shift, 1.0 - self.floor)
 
     def init_global(self, name: str, param: Tensor) -> None:
         """``N(0, 0.01^2)``; ``w`` with ``w_init_std`` (a unit-scale ``w``, ``1/sqrt(D)``, gives
@@ -71,10 +71,7 @@ class Planar(FlowLayer):
     def constrained_u(self, u: Tensor, w: Tensor) -> Tensor:
         """``u_hat`` with ``w^T u_hat = m(w^T u) > -1``; shapes ``[..., D]`` (``[B, D]``, or
         ``[K, B, D]`` for a fused stack)."""
-        wu = (w * u).sum(-1, keepdim=True)
-        w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        m = (1.0 - self.floor) * (F.softplus(wu + self.shift) - 1.0)
-        return u + (m - wu) * w / w_sq
+        return self.constraint(u, w)
 
     def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
         params = self.raw_params(context)
@@ -96,7 +93,7 @@ class Planar(FlowLayer):
 
     def fused_forward(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
         """All K layers: ``params`` ``u, w [K, B|1, D]``, ``b [K, B|1, 1]``."""
-        return planar_stack(z, params["w"], params["u"], params["b"], self.constrained_u)
+        return planar_stack(z, params["w"], params["u"], params["b"], self.constraint)
 
     def fused_broadcasts(self, z: Tensor) -> bool:
         # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows

@@ -49,7 +49,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-VERSION = 1  # kernels.c's nfvi_kernels_version()
+VERSION = 2  # kernels.c's nfvi_kernels_version()
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -128,9 +128,14 @@ def _declare(lib: ctypes.CDLL) -> None:
                                                           V, V, V, V]
         getattr(lib, f"radial_backward_{suf}").argtypes = shapes + [V, V, V, L, L, V, L, L, V, V,
                                                            V, V, V, V]
+        R = ctypes.c_float if suf == "f32" else ctypes.c_double
+        getattr(lib, f"planar_constrain_{suf}").argtypes = [L, L, L, R, R, V, L, L, V, L, L, V]
+        getattr(lib, f"planar_constrain_backward_{suf}").argtypes = [L, L, L, R, R, V, L, L, V,
+                                                                     L, L, V, V, V]
         getattr(lib, f"window_max_{suf}").argtypes = [L, L, V, V]
         getattr(lib, f"window_max_backward_{suf}").argtypes = [L, L, V, V, V, V]
-        for name in ("planar_forward", "planar_backward", "radial_forward", "radial_backward",
+        for name in ("planar_forward", "planar_backward", "planar_constrain",
+                     "planar_constrain_backward", "radial_forward", "radial_backward",
                      "window_max", "window_max_backward"):
             getattr(lib, f"{name}_{suf}").restype = None
 
@@ -288,6 +293,31 @@ def planar_backward(g_z: Tensor, g_ld: Tensor, w: Tensor, u: Tensor, zin: Tensor
         suk, sup, zin.data_ptr(), h.data_ptr(), g0.data_ptr(), gw.data_ptr(), gu.data_ptr(),
         gb.data_ptr())
     return g0, gw, gu, gb
+
+
+def planar_constrain(u: Tensor, w: Tensor, shift: float, scale: float) -> Tensor:
+    """Planar's ``u_hat [K, P, D]`` from the raw ``u, w [K, P, D]``:
+    ``u + (m(w^T u) - w^T u) w / max(||w||^2, tiny)``, ``m(x) = scale (softplus(x + shift) - 1)``
+    (:class:`nfvi.flows.fused.PlanarConstraint`)."""
+    (u, suk, sup), (w, swk, swp) = _param(u), _param(w)
+    K, P, D = u.shape
+    out = u.new_empty(K, P, D)
+    getattr(library(), f"planar_constrain_{_SUFFIX[u.dtype]}")(
+        K, P, D, shift, scale, w.data_ptr(), swk, swp, u.data_ptr(), suk, sup, out.data_ptr())
+    return out
+
+
+def planar_constrain_backward(u: Tensor, w: Tensor, shift: float, scale: float, g: Tensor
+                              ) -> tuple[Tensor, Tensor]:
+    """``(dL/du, dL/dw)`` ``[K, P, D]`` of :func:`planar_constrain` from ``g = dL/du_hat``."""
+    (u, suk, sup), (w, swk, swp) = _param(u), _param(w)
+    K, P, D = u.shape
+    g = g.contiguous()
+    gu, gw = torch.empty_like(g), torch.empty_like(g)
+    getattr(library(), f"planar_constrain_backward_{_SUFFIX[u.dtype]}")(
+        K, P, D, shift, scale, w.data_ptr(), swk, swp, u.data_ptr(), suk, sup, g.data_ptr(),
+        gu.data_ptr(), gw.data_ptr())
+    return gu, gw
 
 
 def radial_forward(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool

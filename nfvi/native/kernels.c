@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-#define DEFINE_STACKS(T, SUF, TINY, LOG, TANH, SQRT, FABS)                                  \
+#define DEFINE_STACKS(T, SUF, TINY, LOG, TANH, SQRT, FABS, LOG1P, EXP)                        \
                                                                                            \
 /* four partial sums: independent chains the CPU can overlap (D = 40: 10 each) */          \
 static T dot_##SUF(const T *a, const T *b, long D) {                                       \
@@ -77,6 +77,53 @@ void planar_forward_##SUF(long N, long P, long K, long D, const T *z0,          
         ld[r] = acc;                                                                       \
     }                                                                                      \
     free(sk);                                                                              \
+}                                                                                          \
+                                                                                           \
+/* torch's softplus (threshold 20: x itself above it) and its derivative */                \
+static T softplus_##SUF(T x) { return x > (T)20 ? x : LOG1P(EXP(x)); }                    \
+static T dsoftplus_##SUF(T x) { return x > (T)20 ? (T)1 : (T)1 / ((T)1 + EXP(-x)); }      \
+                                                                                           \
+/* planar's invertibility constraint for the K x P parameter rows (w, u: row (k, p) at      \
+   k * sk + p * sp; uhat: contiguous [K, P, D]): s = w^T u, n = max(w^T w, tiny),           \
+   m = scale (softplus(s + shift) - 1), c = (m - s) / n, uhat = u + c w */                  \
+void planar_constrain_##SUF(long K, long P, long D, T shift, T scale, const T *w,          \
+                            long swk, long swp, const T *u, long suk, long sup, T *uhat) { \
+    for (long k = 0; k < K; ++k)                                                           \
+        for (long p = 0; p < P; ++p) {                                                     \
+            const T *wi = w + k * swk + p * swp, *ui = u + k * suk + p * sup;              \
+            T s = dot_##SUF(wi, ui, D), n = dot_##SUF(wi, wi, D);                          \
+            T m = scale * (softplus_##SUF(s + shift) - (T)1);                              \
+            T c = (m - s) / (n < TINY ? TINY : n);                                         \
+            T *o = uhat + (k * P + p) * D;                                                 \
+            for (long j = 0; j < D; ++j) o[j] = ui[j] + c * wi[j];                         \
+        }                                                                                  \
+}                                                                                          \
+                                                                                           \
+/* its backward: G = dL/duhat in, dL/du and dL/dw out (gu, gw; all three contiguous       \
+   [K, P, D]): with a = (G^T w) (m' - 1) / n and c as above,                                \
+   dL/du = G + a w,  dL/dw = c G + a u - 2 (G^T w) (c / n) w  (no n term below the clamp) */ \
+void planar_constrain_backward_##SUF(long K, long P, long D, T shift, T scale, const T *w, \
+                                     long swk, long swp, const T *u, long suk, long sup,   \
+                                     const T *G, T *gu, T *gw) {                           \
+    for (long k = 0; k < K; ++k)                                                           \
+        for (long p = 0; p < P; ++p) {                                                     \
+            const T *restrict wi = w + k * swk + p * swp, *restrict ui = u + k * suk + p * sup; \
+            long o = (k * P + p) * D;                                                      \
+            const T *restrict gi = G + o;                                                  \
+            T *restrict gui = gu + o, *restrict gwi = gw + o;                              \
+            T s = dot_##SUF(wi, ui, D), n = dot_##SUF(wi, wi, D);                          \
+            T gdw = dot_##SUF(gi, wi, D);                                                  \
+            int clamped = n < TINY;                                                        \
+            T nn = clamped ? TINY : n;                                                     \
+            T m = scale * (softplus_##SUF(s + shift) - (T)1);                              \
+            T dm = scale * dsoftplus_##SUF(s + shift);                                     \
+            T c = (m - s) / nn, a = gdw * (dm - (T)1) / nn;                                \
+            T bw = clamped ? (T)0 : (T)-2 * gdw * c / nn;                                  \
+            for (long j = 0; j < D; ++j) {                                                 \
+                gui[j] = gi[j] + a * wi[j];                                                \
+                gwi[j] = c * gi[j] + a * ui[j] + bw * wi[j];                               \
+            }                                                                              \
+        }                                                                                  \
 }                                                                                          \
                                                                                            \
 void planar_backward_##SUF(long N, long P, long K, long D, const T *gz, const T *gld,      \
@@ -210,8 +257,8 @@ void window_max_backward_##SUF(long R, long pool, const T *v, const T *m, const 
 DEFINE_MAXOUT(float, f32)
 DEFINE_MAXOUT(double, f64)
 
-DEFINE_STACKS(float, f32, FLT_MIN, logf, tanhf, sqrtf, fabsf)
-DEFINE_STACKS(double, f64, DBL_MIN, log, tanh, sqrt, fabs)
+DEFINE_STACKS(float, f32, FLT_MIN, logf, tanhf, sqrtf, fabsf, log1pf, expf)
+DEFINE_STACKS(double, f64, DBL_MIN, log, tanh, sqrt, fabs, log1p, exp)
 
 /* the interface's version: native.py refuses a library whose version differs */
-int nfvi_kernels_version(void) { return 1; }
+int nfvi_kernels_version(void) { return 2; }

@@ -10,6 +10,8 @@ the torch loops on a CUDA device (every tensor made there; skipped without one).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -17,7 +19,12 @@ from nfvi import native
 from nfvi.config import Config
 from nfvi.energy import TARGETS, EnergyModel
 from nfvi.flows import FlowStack, GlobalParams, make_flow
-from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction
+from nfvi.flows.fused import (
+    PlanarConstraint,
+    PlanarConstraintFunction,
+    PlanarStackFunction,
+    RadialStackFunction,
+)
 from nfvi.flows.planar import Planar
 from nfvi.flows.radial import Radial
 from nfvi.vae.model import FlowVAE
@@ -136,6 +143,42 @@ def test_without_a_graph_the_lean_loop_gives_the_same_values(name, hparams, amor
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, **TOL)
     assert fused[0].grad_fn is None
+
+
+@pytest.mark.parametrize("shift, scale", [(0.0, 1.0), (math.log(math.e - 1.0), 0.7)],
+                         ids=["paper", "centered-floor"])
+def test_the_planar_constraint_node_equals_autograd(shift, scale):
+    """u_hat and its gradients through the hand-written node against the formula in autograd,
+    on strided [K, B, D] views (as the amortized head makes them), with some ``w^T u`` past
+    softplus' threshold (20) and one ``w = 0`` row (the clamp of ``||w||^2``)."""
+    gen = generator(3)
+    K, P = 4, 6
+    raw = torch.randn(P, K, 2 * DIM, generator=gen, dtype=F64) * 2.0
+    raw[0, 0, DIM:] = 0.0  # w = 0
+    raw[1, 2, :DIM] = raw[1, 2, DIM:] * 6.0  # s = 6 ||w||^2: past the threshold
+    weights = torch.randn(K, P, DIM, generator=gen, dtype=F64)
+    constraint = PlanarConstraint(shift, scale)
+    outs = []
+    for fn in (constraint.fused, constraint):
+        leaf = raw.clone().requires_grad_()
+        u, w = leaf[..., :DIM].transpose(0, 1), leaf[..., DIM:].transpose(0, 1)
+        u_hat = fn(u, w)
+        (g,) = torch.autograd.grad((u_hat * weights).sum() + (u_hat**2).sum(), leaf)
+        outs.append((u_hat.detach(), g, u_hat.grad_fn.name()))
+    s = (raw[..., :DIM] * raw[..., DIM:]).sum(-1) + shift
+    assert (s > 20).any() and (s < 20).any()
+    assert outs[0][2] == "PlanarConstraintFunctionBackward" != outs[1][2]
+    torch.testing.assert_close(outs[0][0], outs[1][0], **TOL)
+    torch.testing.assert_close(outs[0][1], outs[1][1], **TOL)
+    assert torch.isfinite(outs[0][1]).all() and outs[0][1].abs().sum() > 0
+
+
+def test_planar_constraint_function_gradcheck():
+    gen = generator(4)
+    u = torch.randn(3, 4, DIM, generator=gen, dtype=F64).requires_grad_()
+    w = torch.randn(3, 4, DIM, generator=gen, dtype=F64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda u, w: PlanarConstraintFunction.apply(u, w, math.log(math.e - 1.0), 0.8), (u, w))
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-example", "shared"])
