@@ -2,7 +2,8 @@
 paper's 500k-update run projected, and the full test set's IS NLL at S = 5000.
 
     python benchmarks/bench_gpu.py [--K 0 80] [--steps 200] [--iw-samples 5000]
-        [--iw-chunk 5000] [--modes eager compiled cuda_graph] [--allow-cpu]
+        [--iw-chunk 5000] [--modes eager compiled cuda_graph eager_loop cuda_graph_loop]
+        [--allow-cpu]
         [--set dataset=fashion_mnist dataset.data_dir=DIR ...]
 
 Prints a markdown table naming the device. Training: the real :class:`nfvi.training.Loop` and
@@ -15,6 +16,9 @@ every test image (the full 10k MNIST test set when ``dataset.source=full`` data 
 else the bundled 500 digits, with the seconds projected to 10k images; ``--set`` overrides
 pick another 28x28 dataset, e.g. Fashion-MNIST's real 10k test images), untrained weights:
 the cost does not depend on them.
+
+Planar stacks run on the Triton kernels (:mod:`nfvi.native.gpu`); the ``*_loop`` modes time
+the same with the fused stack's torch loop instead.
 
 Without a GPU it says so and exits 0; ``--allow-cpu`` runs a tiny smoke version on the CPU.
 """
@@ -33,13 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loop import QUIET, default_config  # noqa: E402 (the benchmarks folder itself)
 
+from nfvi.native import gpu  # noqa: E402
 from nfvi.training import Loop  # noqa: E402
 from nfvi.vae.evaluate import evaluate  # noqa: E402
 from nfvi.vae.run import VAETask, eval_inputs  # noqa: E402
 
 PAPER_UPDATES = 500_000
 TEST_IMAGES = 10_000
-MODES = ("eager", "compiled", "cuda_graph")
+MODES = ("eager", "compiled", "cuda_graph", "eager_loop", "cuda_graph_loop")
 
 
 def sync(device: torch.device) -> None:
@@ -48,8 +53,10 @@ def sync(device: torch.device) -> None:
 
 
 def overrides(mode: str) -> list[str]:
+    """The config of a mode; ``*_loop``: the same with the flow's Triton kernels off (the
+    fused stack's torch loop, for the comparison)."""
     return {"eager": [], "compiled": ["trainer.compile=true"],
-            "cuda_graph": ["trainer.cuda_graph=true"]}[mode]
+            "cuda_graph": ["trainer.cuda_graph=true"]}[mode.removesuffix("_loop")]
 
 
 @dataclass
@@ -80,6 +87,7 @@ def train_rate(K: int, mode: str, device: torch.device, steps: int, warmup: int,
                          "trainer.patience=null", "dataset.source=auto", *overrides(mode),
                          *extra)
     torch.manual_seed(cfg.seed)
+    gpu.set_enabled(not mode.endswith("_loop"))
     with tempfile.TemporaryDirectory() as tmp:
         task = VAETask(cfg, device, QUIET)
         loop = Loop(task, cfg.trainer, Path(tmp), QUIET, config={"K": K})
@@ -98,6 +106,7 @@ def train_rate(K: int, mode: str, device: torch.device, steps: int, warmup: int,
         if task.graph is not None and task.graph.graph is not None:
             rate.replay_ms = timed_ms(task.graph.graph.replay, device, steps)
             rate.optimizer_ms = timed_ms(task.optimizer.step, device, steps)
+        gpu.set_enabled(True)
         return rate
 
 
@@ -126,7 +135,8 @@ def main() -> None:
     ap.add_argument("--iw-samples", type=int, default=5000)
     ap.add_argument("--iw-chunk", type=int, default=5000)
     ap.add_argument("--iw-limit", type=int, default=None, help="test images (default: all)")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--modes", nargs="+", default=list(MODES[:3]), choices=MODES,
+                    help="*_loop: the mode with the flow's Triton kernels off")
     ap.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE",
                     help="more config overrides for every run (e.g. dataset=fashion_mnist)")
     ap.add_argument("--allow-cpu", action="store_true",
@@ -140,7 +150,7 @@ def main() -> None:
         torch.set_num_threads(1)
         args.steps, args.warmup, args.iw_samples, args.iw_chunk = 3, 2, 10, 10
         args.iw_limit, args.K = 20, [0, 2]
-        args.modes = [m for m in args.modes if m != "cuda_graph"]
+        args.modes = [m for m in args.modes if not m.startswith("cuda_graph")]
     else:
         print(f"no CUDA GPU here (torch {torch.__version__}): nothing to measure; run this on "
               "a GPU machine, or pass --allow-cpu for a tiny smoke run")
@@ -155,9 +165,11 @@ def main() -> None:
         for mode in args.modes:
             r = train_rate(K, mode, device, args.steps, args.warmup, args.set)
             iw = ["", ""]
-            if mode != "cuda_graph":  # the IS pass has no graph mode; compiled: its own
+            if not mode.startswith("cuda_graph"):  # the IS pass has no graph mode
+                gpu.set_enabled(not mode.endswith("_loop"))
                 secs, n, source = iw_seconds(K, mode == "compiled", device, args.iw_samples,
                                              args.iw_chunk, args.iw_limit, args.set)
+                gpu.set_enabled(True)
                 iw = [f"{secs * TEST_IMAGES / n:.1f}", f"{n} ({source})"]
             parts = [f"{v:.3f}" if v is not None else "" for v in (r.replay_ms, r.optimizer_ms)]
             print(f"| {K} | {mode} | {r.steps_per_s:.1f} | {1e3 / r.steps_per_s:.2f} | "

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one command sized for a short lease (about 6 minutes on
-# an H200; each part has its own time limit, and a part that runs out is named in the log):
+# Every check that needs a CUDA GPU, in one command sized for a short lease (each part has its
+# own time limit, together under 10 minutes; a part that runs out is named in the log):
 #
 #   bash benchmarks/gpu_checks.sh [FASHION_MNIST_DIR]
 #
-# 1. the CUDA tests: the fused stacks against the layer-by-layer ones in float64 with every
-#    tensor on the GPU, the CUDA-graphed training steps against eager ones, device selection
-#    and binarization on the GPU;
+# 1. the CUDA tests: the fused stacks (torch loop and Triton kernels) against the
+#    layer-by-layer ones in float64 with every tensor on the GPU, the Triton kernels against
+#    the torch loop, the CUDA-graphed training steps against eager ones, device selection and
+#    binarization on the GPU;
 # 2. benchmarks/bench_gpu.py: training steps/s (planar K = 0 and 80, batch 100) eager,
-#    CUDA-graphed and compiled, and the IS NLL over a 10k-image test set at S = 5000 (the real
+#    CUDA-graphed and compiled (and at K = 80 with the torch loop instead of the kernels), and the IS NLL over a 10k-image test set at S = 5000 (the real
 #    Fashion-MNIST test set when its IDX files are in FASHION_MNIST_DIR, e.g. Debian's
 #    /usr/share/datasets/fashion-mnist; else the bundled MNIST digits, projected to 10k);
 # 3. the default job, `nfvi train` with device=cuda, end to end (training, checkpoints, the
@@ -41,21 +42,24 @@ part() {  # part SECONDS LOG NAME COMMAND...: one part under its own time limit
   $py -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"
 } 2>&1 | tee "$out/env.txt"
 
-part 100 "$out/tests.log" "fused stacks on CUDA" \
+part 90 "$out/tests.log" "fused stacks on CUDA: torch loop and Triton kernels" \
     $py -m pytest -q -p no:cacheprovider -n 0 tests/flows/test_fused.py -k cuda
-part 100 "$out/tests.log" "CUDA graph, device, binarization" \
+part 45 "$out/tests.log" "Triton kernels against the torch loop" \
+    $py -m pytest -q -p no:cacheprovider -n 0 tests/test_native_gpu.py
+part 90 "$out/tests.log" "CUDA graph, device, binarization" \
     $py -m pytest -q -p no:cacheprovider -n 0 \
     tests/test_compile.py::test_cuda_graph_steps_match_eager_steps \
     tests/test_runtime.py tests/data/test_binarize.py
 
 bench=("$py" benchmarks/bench_gpu.py --steps 1000 --warmup 30)
 [ ${#data[@]} -gt 0 ] && bench+=(--set "${data[@]}")
-part 90 "$out/bench.log" "bench K=80 graph, eager" "${bench[@]}" --K 80 --modes cuda_graph eager
-part 60 "$out/bench.log" "bench K=0 graph, eager" "${bench[@]}" --K 0 --modes cuda_graph eager
+part 100 "$out/bench.log" "bench K=80 graph, eager (Triton kernels, torch loop)" "${bench[@]}" \
+    --K 80 --modes cuda_graph eager cuda_graph_loop eager_loop
+part 50 "$out/bench.log" "bench K=0 graph, eager" "${bench[@]}" --K 0 --modes cuda_graph eager
 
 for extra in "" "trainer.cuda_graph=true"; do
     t0=$(date +%s.%N)
-    part 60 "$out/cli.log" "nfvi train device=cuda $extra" \
+    part 50 "$out/cli.log" "nfvi train device=cuda $extra" \
         $py -c "from nfvi.cli import main; main()" train device=cuda $extra
     echo "== wall $(awk "BEGIN {print $(date +%s.%N) - $t0}") s" | tee -a "$out/cli.log"
 done
@@ -63,5 +67,5 @@ find "$out/runs" -name summary.json | sort | while read -r f; do
     echo "== $f"; cat "$f"; echo
 done >> "$out/cli.log"
 
-part 140 "$out/bench.log" "bench compiled" "${bench[@]}" --K 0 80 --modes compiled
+part 120 "$out/bench.log" "bench compiled" "${bench[@]}" --K 0 80 --modes compiled
 grep -h '^| [0-9]' "$out/bench.log"

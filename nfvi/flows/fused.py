@@ -79,6 +79,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 import nfvi.native as native
+import nfvi.native.gpu as gpu
 
 
 def _functorch_active() -> bool:
@@ -200,6 +201,9 @@ def _planar_loop(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool,
     if native.usable(z, w, u, b):
         u_hat = u if constrain is None else constrain.fused(u, w)
         return native.planar_forward(z, w, u_hat, b, keep)
+    if gpu.usable(z, w, u, b):
+        u_hat = u if constrain is None else constrain.fused(u, w)
+        return gpu.planar_forward(z, w, u_hat, b, keep)
     inputs: list[Tensor] = []
     hs: list[Tensor] = []
     ss: list[Tensor] = []
@@ -247,6 +251,8 @@ class PlanarStackFunction(torch.autograd.Function):
         w, u, b, zin, h = ctx.saved_tensors
         if native.usable(g_z, w, u, zin):
             return native.planar_backward(g_z, g_ld, w, u, zin, h)
+        if gpu.usable(g_z, w, u, zin):
+            return gpu.planar_backward(g_z, g_ld, w, u, zin, h)
         K = w.shape[0]
         hp = 1.0 - h * h  # h'(a) [K, B, 1]
         s = (w * u).sum(-1, keepdim=True)  # w^T u_hat [K, B|1, 1]

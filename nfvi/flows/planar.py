@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 import nfvi.native as native
+import nfvi.native.gpu as gpu
 from nfvi.flows.base import FlowLayer, Params, register_flow
 from nfvi.flows.fused import PlanarConstraint, planar_stack
 
@@ -97,4 +98,4 @@ class Planar(FlowLayer):
 
     def fused_broadcasts(self, z: Tensor) -> bool:
         # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows
-        return not torch.is_grad_enabled() and native.usable(z)
+        return not torch.is_grad_enabled() and (native.usable(z) or gpu.usable(z))

@@ -3,9 +3,10 @@
 Same stack, same parameters, ``fused`` switched: outputs, log-determinants and every gradient
 (z, each flow parameter, the amortized head and its context) agree to 1e-10 in float64; the
 Functions pass gradcheck; the fused path is the default, in the VAE and the energy task too.
-Every test runs three times: with the fused stacks' torch loops and with their compiled CPU
-kernels (:mod:`nfvi.native`; skipped, saying why, where no C compiler could build them), and with
-the torch loops on a CUDA device (every tensor made there; skipped without one).
+Every test runs four times: with the fused stacks' torch loops and with their compiled CPU
+kernels (:mod:`nfvi.native`; skipped, saying why, where no C compiler could build them), and on
+a CUDA device (every tensor made there; skipped without one) with the torch loops and with the
+Triton kernels (:mod:`nfvi.native.gpu`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nfvi.flows.fused import (
 )
 from nfvi.flows.planar import Planar
 from nfvi.flows.radial import Radial
+from nfvi.native import gpu
 from nfvi.vae.model import FlowVAE
 
 F64 = torch.float64
@@ -42,19 +44,25 @@ KINDS = [
 MODES = [pytest.param(False, id="global"), pytest.param(True, id="amortized")]
 
 
-@pytest.fixture(autouse=True, params=["torch-loop", "native", "cuda"])
+@pytest.fixture(autouse=True, params=["torch-loop", "native", "cuda-loop", "cuda-kernels"])
 def backend(request):
-    """The fused stacks' implementation: torch's loop or the compiled kernels on the CPU, or
-    torch's loop on a CUDA device (the default device for the test: every tensor is made there)."""
+    """The fused stacks' implementation: torch's loop or the compiled C kernels on the CPU;
+    torch's loop or the Triton kernels (:mod:`nfvi.native.gpu`, planar) on a CUDA device, the
+    default device for the test then (every tensor is made there)."""
+    cuda = request.param.startswith("cuda")
     if request.param == "native" and native.library() is None:
         pytest.skip(native.status())
-    if request.param == "cuda" and not torch.cuda.is_available():
+    if cuda and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    was, device = native.enabled(), torch.get_default_device()
+    if request.param == "cuda-kernels" and not gpu.available():
+        pytest.skip("needs Triton")
+    was, was_gpu, device = native.enabled(), gpu.enabled(), torch.get_default_device()
     native.set_enabled(request.param == "native")
-    torch.set_default_device("cuda" if request.param == "cuda" else device)
+    gpu.set_enabled(request.param == "cuda-kernels")
+    torch.set_default_device("cuda" if cuda else device)
     yield request.param
     native.set_enabled(was)
+    gpu.set_enabled(was_gpu)
     torch.set_default_device(device)
 
 
@@ -103,7 +111,7 @@ def test_fused_equals_layer_by_layer(backend, name, hparams, amortized, K, scale
     flow = randomized(name, K, amortized, scale, **hparams)
     zf, ldf, gf, fn_fused = run(flow, True, amortized)
     zu, ldu, gu, fn_plain = run(flow, False, amortized)
-    assert zf.device.type == ("cuda" if backend == "cuda" else "cpu")
+    assert zf.device.type == ("cuda" if backend.startswith("cuda") else "cpu")
     assert fn_fused == f"{name.capitalize()}StackFunctionBackward"
     assert "StackFunction" not in fn_plain
     torch.testing.assert_close(zf, zu, **TOL)
