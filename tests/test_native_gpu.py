@@ -1,10 +1,11 @@
-"""The Triton kernels of the fused planar stack (nfvi.native.gpu) against the torch loops.
+"""The Triton kernels of the fused planar and radial stacks (nfvi.native.gpu) against the
+torch loops.
 
 Values and gradients agree to 1e-10 in float64 (float32: to its rounding) for per-example,
 shared and broadcast parameter rows (``N = n B`` rows reading ``B`` parameter rows), with
 strided parameters as the amortized head makes them, with and without a graph to record, and
-through a whole amortized planar FlowStack, whose fused forward and backward are then one
-kernel launch each. The kernels run where they can: on a CUDA device, or on the CPU through
+through whole amortized planar and radial FlowStacks, whose fused forward and backward are
+then one kernel launch each. The kernels run where they can: on a CUDA device, or on the CPU through
 Triton's interpreter. Without CUDA, ``test_the_module_passes_in_the_interpreter`` runs this
 module again in a real process with ``TRITON_INTERPRET=1 NFVI_TRITON_ON_CPU=1`` (skipped, saying
 why, where Triton is not installed).
@@ -22,7 +23,7 @@ import torch
 
 from nfvi import native
 from nfvi.flows import make_flow
-from nfvi.flows.fused import PlanarStackFunction, _planar_loop
+from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction, _planar_loop, _radial_loop
 from nfvi.native import gpu
 
 F64 = torch.float64
@@ -54,14 +55,25 @@ def rnd(gen, *shape, dtype=F64, scale=1.0):
     return torch.randn(*shape, generator=gen, dtype=dtype, device=DEVICE) * scale
 
 
-def planar_params(P: int, dtype, gen, strided: bool):
-    """``w, u_hat [K, P, D]``, ``b [K, P, 1]``; strided: views of one ``[P, K, 2D + 1]`` tensor,
-    the amortized head's layout."""
+def stack_params(flow: str, P: int, dtype, gen, strided: bool):
+    """Planar ``w, u_hat [K, P, D]``, ``b [K, P, 1]`` or radial ``c [K, P, D]``, ``alpha, beta
+    [K, P, 1]`` (constrained: ``alpha > 0``, ``beta > -alpha``); strided: views of one
+    ``[P, K, n]`` tensor, the amortized head's layout."""
     if strided:
         flat = rnd(gen, P, K, 2 * D + 1, dtype=dtype, scale=0.6).transpose(0, 1)
-        return [flat[..., :D], flat[..., D:2 * D], flat[..., 2 * D:]]
-    return [rnd(gen, K, P, D, dtype=dtype, scale=0.8), rnd(gen, K, P, D, dtype=dtype, scale=0.5),
-            rnd(gen, K, P, 1, dtype=dtype)]
+        if flow == "planar":
+            return [flat[..., :D], flat[..., D:2 * D], flat[..., 2 * D:]]
+        return [flat[..., :D], flat[..., D:D + 1].abs() + 0.2, flat[..., D + 1:D + 2]]
+    if flow == "planar":
+        return [rnd(gen, K, P, D, dtype=dtype, scale=0.8),
+                rnd(gen, K, P, D, dtype=dtype, scale=0.5), rnd(gen, K, P, 1, dtype=dtype)]
+    alpha = torch.rand(K, P, 1, generator=gen, dtype=dtype, device=DEVICE) + 0.2
+    beta = torch.rand(K, P, 1, generator=gen, dtype=dtype, device=DEVICE) * 2 - 0.1
+    return [rnd(gen, K, P, D, dtype=dtype), alpha, beta]
+
+
+STACKS = {"planar": (PlanarStackFunction, _planar_loop),
+          "radial": (RadialStackFunction, _radial_loop)}
 
 
 def tiled(ps, N: int):
@@ -69,11 +81,11 @@ def tiled(ps, N: int):
     return [p.repeat(1, N // p.shape[1], 1) if p.shape[1] not in (1, N) else p for p in ps]
 
 
-def outputs_and_grads(z, ps, gen, tile_to: int | None = None):
+def outputs_and_grads(flow, z, ps, gen, tile_to: int | None = None):
     z = z.detach().requires_grad_()
     ps = [p.detach().requires_grad_() for p in ps]
     used = tiled(ps, tile_to) if tile_to else ps
-    z_k, ld, _, _ = PlanarStackFunction.apply(z, *used)
+    z_k, ld, _, _ = STACKS[flow][0].apply(z, *used)
     wz = rnd(gen, *z_k.shape, dtype=z.dtype)
     wl = rnd(gen, *ld.shape, dtype=z.dtype)
     grads = torch.autograd.grad((z_k * wz).sum() + (ld * wl).sum() + 0.1 * (z_k**2).sum(),
@@ -82,20 +94,21 @@ def outputs_and_grads(z, ps, gen, tile_to: int | None = None):
 
 
 @runs_here
+@pytest.mark.parametrize("flow", ["planar", "radial"])
 @pytest.mark.parametrize("rows", ["per-example", "shared", "broadcast", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_the_kernels_equal_the_torch_loops(rows, dtype, kernels):
+def test_the_kernels_equal_the_torch_loops(flow, rows, dtype, kernels):
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     N = B * REPEAT if rows == "broadcast" else B
     P = 1 if rows == "shared" else B
     z = rnd(gen, N, D, dtype=dtype, scale=1.5)
-    ps = planar_params(P, dtype, gen, strided=rows == "strided")
+    ps = stack_params(flow, P, dtype, gen, strided=rows == "strided")
     kernels(True)
     before = gpu.launches
-    got = outputs_and_grads(z, ps, torch.Generator(device=DEVICE).manual_seed(1))
+    got = outputs_and_grads(flow, z, ps, torch.Generator(device=DEVICE).manual_seed(1))
     assert gpu.launches == before + 2  # one forward, one backward
     kernels(False)
-    want = outputs_and_grads(z, ps, torch.Generator(device=DEVICE).manual_seed(1),
+    want = outputs_and_grads(flow, z, ps, torch.Generator(device=DEVICE).manual_seed(1),
                              tile_to=N if rows == "broadcast" else None)
     tol = TOL if dtype == F64 else dict(rtol=1e-4, atol=1e-5)
     for a, b in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]], strict=True):
@@ -105,30 +118,34 @@ def test_the_kernels_equal_the_torch_loops(rows, dtype, kernels):
 
 
 @runs_here
+@pytest.mark.parametrize("flow", ["planar", "radial"])
 @pytest.mark.parametrize("P", [1, B], ids=["shared", "broadcast"])
-def test_without_a_graph_the_forward_reads_the_untiled_rows(P, kernels):
+def test_without_a_graph_the_forward_reads_the_untiled_rows(flow, P, kernels):
     """The IS pass's layout: ``REPEAT B`` rows, row ``s B + b`` reading parameter row ``b``."""
     gen = torch.Generator(device=DEVICE).manual_seed(2)
     N = B * REPEAT
     z = rnd(gen, N, D)
-    ps = planar_params(P, F64, gen, strided=True)
+    ps = stack_params(flow, P, F64, gen, strided=True)
+    loop = STACKS[flow][1]
     kernels(True)
     with torch.no_grad():
-        got = _planar_loop(z, *ps, keep=False)
+        got = loop(z, *ps, keep=False)
     kernels(False)
     with torch.no_grad():
-        want = _planar_loop(z, *tiled(ps, N), keep=False)
+        want = loop(z, *tiled(ps, N), keep=False)
     assert got[2] is None and got[3] is None
     torch.testing.assert_close(got[0], want[0], **TOL)
     torch.testing.assert_close(got[1], want[1], **TOL)
 
 
 @runs_here
-def test_an_amortized_planar_stack_runs_on_the_kernels(kernels):
-    """The whole flow (head, constraint, stack): fused on the kernels equals layer by layer,
+@pytest.mark.parametrize("name, hparams", [("planar", {"centered": True}), ("radial", {})],
+                         ids=["planar", "radial"])
+def test_an_amortized_stack_runs_on_the_kernels(name, hparams, kernels):
+    """The whole flow (head, constraints, stack): fused on the kernels equals layer by layer,
     and its fused forward and backward are one launch each."""
     torch.manual_seed(0)
-    flow = make_flow("planar", D, 7, amortized=True, context_dim=3, centered=True).double()
+    flow = make_flow(name, D, 7, amortized=True, context_dim=3, **hparams).double()
     flow = flow.to(DEVICE)
     with torch.no_grad():
         for p in flow.parameters():
@@ -169,4 +186,4 @@ def test_the_module_passes_in_the_interpreter():
     tail = done.stdout[-3000:] + done.stderr[-2000:]
     assert done.returncode == 0, tail
     assert "skipped" not in done.stdout.splitlines()[-1], tail
-    assert "12 passed" in done.stdout.splitlines()[-1], tail
+    assert "23 passed" in done.stdout.splitlines()[-1], tail

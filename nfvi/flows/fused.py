@@ -301,6 +301,8 @@ def _radial_loop(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
     :mod:`nfvi.native` can take it."""
     if native.usable(z, c, alpha, beta):
         return native.radial_forward(z, c, alpha, beta, keep)
+    if gpu.usable(z, c, alpha, beta):
+        return gpu.radial_forward(z, c, alpha, beta, keep)
     diffs: list[Tensor] = []
     rs: list[Tensor] = []
     if not keep:
@@ -346,6 +348,8 @@ class RadialStackFunction(torch.autograd.Function):
         c, alpha, beta, d, r = ctx.saved_tensors
         if native.usable(g_z, c, alpha, d):
             return native.radial_backward(g_z, g_ld, alpha, beta, d, r)
+        if gpu.usable(g_z, c, alpha, d):
+            return gpu.radial_backward(g_z, g_ld, alpha, beta, d, r)
         K = c.shape[0]
         h = 1.0 / (alpha + r)  # [K, B, 1]
         hh, hr, bh = h * h, h * r, beta * h

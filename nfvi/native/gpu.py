@@ -1,20 +1,22 @@
-"""The fused planar stack on a GPU: all K layers in one Triton kernel, forward and backward.
+"""The fused planar and radial stacks on a GPU: all K layers in one Triton kernel, forward and
+backward.
 
-:mod:`nfvi.flows.fused` runs a planar stack as one autograd node, but on a GPU its torch loop
-still launches 3 kernels per layer forward and 4 backward: at K = 80 some 560 launches per
-training step, each a few microseconds of launch latency for a few thousand numbers, so the
-step is launch-bound (a CUDA graph shortens each launch but keeps them all). Here each block
-of ``BLOCK_N`` rows runs its K layers in registers, one launch for the forward and one for the
-backward: the same maps and hand-derived gradients as the torch loop and ``kernels.c`` (the
-formulas are in :mod:`nfvi.flows.fused`'s docstring), tested against the torch loop to 1e-10 in
-float64 (``tests/test_native_gpu.py``: on a CUDA device, and on the CPU through Triton's
-interpreter, ``TRITON_INTERPRET=1``).
+:mod:`nfvi.flows.fused` runs a planar or radial stack as one autograd node, but on a GPU its
+torch loop still launches a few kernels per layer (planar: 3 forward, 4 backward; radial
+more): at K = 80 some 560 launches per planar training step, each a few microseconds of
+launch latency for a few thousand numbers, so the step is launch-bound (a CUDA graph shortens
+each launch but keeps them all). Here each block of ``BLOCK_N`` rows runs its K layers in
+registers, one launch for the forward and one for the backward: the same maps and
+hand-derived gradients as the torch loop and ``kernels.c`` (the formulas are in
+:mod:`nfvi.flows.fused`'s docstring), tested against the torch loop to 1e-10 in float64
+(``tests/test_native_gpu.py``: on a CUDA device, and on the CPU through Triton's interpreter,
+``TRITON_INTERPRET=1``).
 
 Layout as ``kernels.c``: ``z [N, D]`` contiguous; parameters ``[K, P, D]`` / ``[K, P, 1]`` with
 a unit stride along D, row ``r`` reading parameter row ``r % P`` (``P = N`` per example, ``1``
 shared, ``B`` for the importance-weighted NLL's ``N = S B`` sample-major rows). The backward
-writes each row's parameter gradients (``[K, N, D]``); the caller sums them over the rows of
-a shared parameter (:func:`planar_backward` does), as the torch loop does.
+writes each row's parameter gradients (``[K, N, D]`` or ``[K, N, 1]``), summed here over the
+rows that share a parameter, as the torch loop does.
 
 Used where Triton imports and the tensors are on a CUDA device (float32 or float64), not
 inside ``torch.func`` transforms or ``torch.compile`` (inductor fuses the torch loop itself
@@ -112,53 +114,87 @@ def _tiny(x: Tensor) -> Tensor:
     return _TINY[key]
 
 
+def _forward(kind: str, z: Tensor, params: tuple[Tensor, Tensor, Tensor], keep: bool
+             ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The planar and radial forward kernels' shared call: ``z [N, D]`` through the three
+    ``[K, P, n]`` parameters; ``keep`` also returns the ``[K, N, D]`` and ``[K, N, 1]`` saved
+    for the backward."""
+    global launches
+    z = z.contiguous()
+    N, D = z.shape
+    K, P = params[0].shape[0], params[0].shape[1]
+    if P != 1 and N % P != 0:
+        raise ValueError(f"{N} rows cannot take parameters for {P} rows")
+    params = [_param(t) for t in params]
+    out, ld = torch.empty_like(z), z.new_empty(N)
+    saved = (z.new_empty(K, N, D), z.new_empty(K, N, 1)) if keep else (out, ld)  # unused
+    if N and K:
+        block_n, block_d = _blocks(N, D)
+        getattr(_kernels(), f"{kind}_forward_kernel")[(-(-N // block_n),)](
+            z, *[t for t, _, _ in params], out, ld, *saved, _tiny(z), N, P, K,
+            *[x for _, sk, sp in params for x in (sk, sp)], D=D, BLOCK_N=block_n,
+            BLOCK_D=block_d, KEEP=keep)
+        launches += 1
+    else:
+        out.copy_(z)
+        ld.zero_()
+    return (out, ld, *saved) if keep else (out, ld, None, None)
+
+
 def planar_forward(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool
                    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """``(z_K [N, D], log_det [N], inputs [K, N, D], h [K, N, 1])`` (the last two None unless
     ``keep``); ``w, u_hat [K, P, D]``, ``b [K, P, 1]``, row ``r`` reading parameter row
     ``r % P``."""
-    global launches
-    z = z.contiguous()
-    N, D = z.shape
-    K, P = w.shape[0], w.shape[1]
-    if P != 1 and N % P != 0:
-        raise ValueError(f"{N} rows cannot take parameters for {P} rows")
-    (w, swk, swp), (u, suk, sup), (b, sbk, sbp) = _param(w), _param(u), _param(b)
-    out, ld = torch.empty_like(z), z.new_empty(N)
-    zin = z.new_empty(K, N, D) if keep else out  # unused unless keep
-    h = z.new_empty(K, N, 1) if keep else ld
-    if N == 0 or K == 0:
-        out.copy_(z)
-        ld.zero_()
-        return out, ld, (zin if keep else None), (h if keep else None)
-    block_n, block_d = _blocks(N, D)
-    _kernels().planar_forward_kernel[(-(-N // block_n),)](
-        z, w, u, b, out, ld, zin, h, _tiny(z), N, P, K, swk, swp, suk, sup, sbk, sbp,
-        D=D, BLOCK_N=block_n, BLOCK_D=block_d, KEEP=keep)
-    launches += 1
-    return out, ld, (zin if keep else None), (h if keep else None)
+    return _forward("planar", z, (w, u, b), keep)
 
 
 def planar_backward(g_z: Tensor, g_ld: Tensor, w: Tensor, u: Tensor, zin: Tensor, h: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(dL/dz_0 [N, D], dL/dw [K, P, D], dL/du_hat [K, P, D], dL/db [K, P, 1])``: the kernel
     writes each row's parameter gradients, summed here over the rows that share one."""
+    (w, swk, swp), (u, suk, sup) = _param(w), _param(u)
+    return _backward("planar", g_z, g_ld, (w, u, zin.contiguous(), h.contiguous()),
+                     (swk, swp, suk, sup), w.shape[1], wide=(True, True, False))
+
+
+def radial_forward(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
+                   ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(z_K [N, D], log_det [N], d [K, N, D], r [K, N, 1])`` (the last two None unless
+    ``keep``); ``c [K, P, D]``, ``alpha, beta [K, P, 1]`` constrained."""
+    return _forward("radial", z, (c, alpha, beta), keep)
+
+
+def radial_backward(g_z: Tensor, g_ld: Tensor, alpha: Tensor, beta: Tensor, d: Tensor,
+                    r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dL/dz_0 [N, D], dL/dc [K, P, D], dL/dalpha [K, P, 1], dL/dbeta [K, P, 1])``."""
+    (alpha, sak, sap), (beta, sbk, sbp) = _param(alpha), _param(beta)
+    return _backward("radial", g_z, g_ld, (alpha, beta, d.contiguous(), r.contiguous()),
+                     (sak, sap, sbk, sbp), alpha.shape[1], wide=(True, False, False))
+
+
+def _backward(kind: str, g_z: Tensor, g_ld: Tensor, inputs: tuple[Tensor, ...],
+              strides: tuple[int, ...], P: int, wide: tuple[bool, bool, bool]
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward kernels' shared call: ``dL/dz_0`` and the three parameter gradients, the
+    kernel's per-row ``[K, N, D]`` (``wide``) or ``[K, N, 1]`` summed to ``P`` rows."""
     global launches
     g_z, g_ld = g_z.contiguous(), g_ld.contiguous()
     N, D = g_z.shape
-    K, P = w.shape[0], w.shape[1]
-    (w, swk, swp), (u, suk, sup) = _param(w), _param(u)
+    K = inputs[2].shape[0]
     g0 = torch.empty_like(g_z)
-    gw, gu, gb = g_z.new_empty(K, N, D), g_z.new_empty(K, N, D), g_z.new_empty(K, N, 1)
-    if N == 0 or K == 0:
-        return g0.copy_(g_z), _rows_to(gw.zero_(), P), _rows_to(gu.zero_(), P), \
-            _rows_to(gb.zero_(), P)
-    block_n, block_d = _blocks(N, D)
-    _kernels().planar_backward_kernel[(-(-N // block_n),)](
-        g_z, g_ld, w, u, zin.contiguous(), h.contiguous(), g0, gw, gu, gb, _tiny(g_z), N, P,
-        K, swk, swp, suk, sup, D=D, BLOCK_N=block_n, BLOCK_D=block_d)
-    launches += 1
-    return g0, _rows_to(gw, P), _rows_to(gu, P), _rows_to(gb, P)
+    grads = [g_z.new_empty(K, N, D if w else 1) for w in wide]
+    if N and K:
+        block_n, block_d = _blocks(N, D)
+        getattr(_kernels(), f"{kind}_backward_kernel")[(-(-N // block_n),)](
+            g_z, g_ld, *inputs, g0, *grads, _tiny(g_z), N, P, K, *strides, D=D,
+            BLOCK_N=block_n, BLOCK_D=block_d)
+        launches += 1
+    else:
+        g0.copy_(g_z)
+        for g in grads:
+            g.zero_()
+    return g0, *[_rows_to(g, P) for g in grads]
 
 
 def _rows_to(g: Tensor, P: int) -> Tensor:

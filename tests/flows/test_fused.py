@@ -47,7 +47,7 @@ MODES = [pytest.param(False, id="global"), pytest.param(True, id="amortized")]
 @pytest.fixture(autouse=True, params=["torch-loop", "native", "cuda-loop", "cuda-kernels"])
 def backend(request):
     """The fused stacks' implementation: torch's loop or the compiled C kernels on the CPU;
-    torch's loop or the Triton kernels (:mod:`nfvi.native.gpu`, planar) on a CUDA device, the
+    torch's loop or the Triton kernels (:mod:`nfvi.native.gpu`) on a CUDA device, the
     default device for the test then (every tensor is made there)."""
     cuda = request.param.startswith("cuda")
     if request.param == "native" and native.library() is None:
