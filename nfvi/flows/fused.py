@@ -94,6 +94,16 @@ def _record(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def kernels_for(*tensors: Tensor):
+    """The compiled kernels that take these tensors -- :mod:`nfvi.native` (C, CPU) or
+    :mod:`nfvi.native.gpu` (Triton, CUDA), which share one interface -- or None: the torch
+    loop."""
+    for kernels in (native, gpu):
+        if kernels.usable(*tensors):
+            return kernels
+    return None
+
+
 def _like(grad: Tensor, param: Tensor) -> Tensor:
     """``grad [K, B, ...]`` summed over the batch where ``param`` is shared (``[K, 1, ...]``)."""
     if param.shape[1] == 1 and grad.shape[1] != 1:
@@ -198,12 +208,10 @@ def _planar_loop(z: Tensor, w: Tensor, u: Tensor, b: Tensor, keep: bool,
     ``keep``: return every layer's input (for the backward); else ``z`` is updated in place.
     ``constrain``: ``u`` is raw, each layer's ``u_hat = constrain(u_k, w_k)`` (no graph only).
     On a CPU with the compiled kernels (:mod:`nfvi.native`) the loop runs there."""
-    if native.usable(z, w, u, b):
+    kernels = kernels_for(z, w, u, b)
+    if kernels is not None:
         u_hat = u if constrain is None else constrain.fused(u, w)
-        return native.planar_forward(z, w, u_hat, b, keep)
-    if gpu.usable(z, w, u, b):
-        u_hat = u if constrain is None else constrain.fused(u, w)
-        return gpu.planar_forward(z, w, u_hat, b, keep)
+        return kernels.planar_forward(z, w, u_hat, b, keep)
     inputs: list[Tensor] = []
     hs: list[Tensor] = []
     ss: list[Tensor] = []
@@ -249,10 +257,9 @@ class PlanarStackFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_z: Tensor, g_ld: Tensor, _g_in: Tensor, _g_h: Tensor):  # type: ignore[override]
         w, u, b, zin, h = ctx.saved_tensors
-        if native.usable(g_z, w, u, zin):
-            return native.planar_backward(g_z, g_ld, w, u, zin, h)
-        if gpu.usable(g_z, w, u, zin):
-            return gpu.planar_backward(g_z, g_ld, w, u, zin, h)
+        kernels = kernels_for(g_z, w, u, zin)
+        if kernels is not None:
+            return kernels.planar_backward(g_z, g_ld, w, u, zin, h)
         K = w.shape[0]
         hp = 1.0 - h * h  # h'(a) [K, B, 1]
         s = (w * u).sum(-1, keepdim=True)  # w^T u_hat [K, B|1, 1]
@@ -299,10 +306,9 @@ def _radial_loop(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, keep: bool
                  ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """The forward: ``(z_K, log_det [B], d [K, B, D] or None, r [K, B, 1])``; compiled where
     :mod:`nfvi.native` can take it."""
-    if native.usable(z, c, alpha, beta):
-        return native.radial_forward(z, c, alpha, beta, keep)
-    if gpu.usable(z, c, alpha, beta):
-        return gpu.radial_forward(z, c, alpha, beta, keep)
+    kernels = kernels_for(z, c, alpha, beta)
+    if kernels is not None:
+        return kernels.radial_forward(z, c, alpha, beta, keep)
     diffs: list[Tensor] = []
     rs: list[Tensor] = []
     if not keep:
@@ -346,10 +352,9 @@ class RadialStackFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_z: Tensor, g_ld: Tensor, _g_d: Tensor, _g_r: Tensor):  # type: ignore[override]
         c, alpha, beta, d, r = ctx.saved_tensors
-        if native.usable(g_z, c, alpha, d):
-            return native.radial_backward(g_z, g_ld, alpha, beta, d, r)
-        if gpu.usable(g_z, c, alpha, d):
-            return gpu.radial_backward(g_z, g_ld, alpha, beta, d, r)
+        kernels = kernels_for(g_z, c, alpha, d)
+        if kernels is not None:
+            return kernels.radial_backward(g_z, g_ld, alpha, beta, d, r)
         K = c.shape[0]
         h = 1.0 / (alpha + r)  # [K, B, 1]
         hh, hr, bh = h * h, h * r, beta * h

@@ -30,10 +30,8 @@ import math
 import torch
 from torch import Tensor
 
-import nfvi.native as native
-import nfvi.native.gpu as gpu
 from nfvi.flows.base import FlowLayer, Params, register_flow
-from nfvi.flows.fused import PlanarConstraint, planar_stack
+from nfvi.flows.fused import PlanarConstraint, kernels_for, planar_stack
 
 
 @register_flow("planar")
@@ -98,4 +96,4 @@ class Planar(FlowLayer):
 
     def fused_broadcasts(self, z: Tensor) -> bool:
         # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows
-        return not torch.is_grad_enabled() and (native.usable(z) or gpu.usable(z))
+        return not torch.is_grad_enabled() and kernels_for(z) is not None

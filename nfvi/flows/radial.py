@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import nfvi.native as native
-import nfvi.native.gpu as gpu
 from nfvi.flows.base import FlowLayer, Params, register_flow
-from nfvi.flows.fused import radial_stack
+from nfvi.flows.fused import kernels_for, radial_stack
 
 
 @register_flow("radial")
@@ -63,4 +61,4 @@ class Radial(FlowLayer):
 
     def fused_broadcasts(self, z: Tensor) -> bool:
         # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows
-        return not torch.is_grad_enabled() and (native.usable(z) or gpu.usable(z))
+        return not torch.is_grad_enabled() and kernels_for(z) is not None
