@@ -6,17 +6,20 @@ random binary data of the bundled size, 784 pixels) of the default model (784-40
 fused (``flow.fused=true``, the default) and not, with torch's fused Adam (``optim.fused``,
 nfvi's default) and its for-each Adam (the default before); the importance-weighted NLL's
 seconds per test point at S = 5000 for K = 0 and 80; and each against its matmul roofline: the
-time the model's matmul FLOPs would take at the matmul rate measured in the same run (one large
-square matmul). FLOPs are counted by hooks on every ``nn.Linear`` (``2 * rows * in * out``
-forward; a training step is forward + backward = 3x that, the backward being twice the
-forward); all else -- the flow's own layers, activations, the optimizer -- counts as zero, so
-step/roofline is how far a step is from being all matmul at the machine's best rate. The
-"matmuls alone" columns replay the same matmuls (same shapes and operand layouts) by
-themselves: step/matmuls is what the rest of the step (the flow, activations, optimizer,
-autograd) adds on top of the BLAS at these shapes, which run below the large-square rate.
-"optimizer alone" is the Adam step by itself on the same parameters (memory-bound: it reads
-and writes each parameter and its two moments), and "rest" is step - matmuls - optimizer:
-the flow, activations, losses and autograd's bookkeeping.
+time the model's matmul FLOPs would take at the matmul rate of one large square matmul timed
+in the same alternating rounds. FLOPs are counted by hooks on every ``nn.Linear``
+(``2 * rows * in * out`` forward; a training step is forward + backward = 3x that, the
+backward being twice the forward); all else -- the flow's own layers, activations, the
+optimizer -- counts as zero, so step/roofline is how far a step is from being all matmul at
+the machine's best rate. The "matmuls alone" columns replay the same matmuls (same shapes and
+operand layouts) by themselves: step/matmuls is what the rest of the step (the flow,
+activations, optimizer, autograd) adds on top of the BLAS at these shapes, which run below the
+large-square rate. "optimizer alone" is the Adam step by itself on the same parameters
+(memory-bound: it reads and writes each parameter and its two moments). "floor" is the
+matmuls and the optimizer step replayed back to back: what any implementation of this model
+pays with this BLAS and this Adam before its flow, activations, losses and autograd do
+anything, so floor/roofline is the lowest step/roofline this machine allows, and "rest" is
+step - floor.
 
     python benchmarks/bench_fused.py [--device cpu|cuda] [--threads N] [--steps 20]
         [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80]
@@ -29,9 +32,11 @@ lets malloc keep freed memory (:func:`nfvi.runtime.keep_freed_memory`; ``--defau
 leaves glibc's defaults, to measure what that does): "faults/step" is the minor page faults
 per training step of the default path.
 
-One process, one device: compare ratios within a run (shared machines are noisy). The paths'
-models (same seed, same weights) are timed in alternating rounds, the fastest round each for
-the training step; the IS NLL alternates per group of 10 points.
+One process, one device: compare ratios within a run (shared machines are noisy). For each K,
+the paths' models (same seed, same weights), the matmul replay, the optimizer, the floor and
+the large square are timed in alternating rounds, the fastest round of each; the IS NLL
+alternates every K's and path's model (and each K's matmul replay, and the square) per group
+of 5 points, the fastest group of each, and the last line is its K = 80 / K = 0 ratio.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import argparse
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -91,13 +97,12 @@ def paired(fns: dict, device: torch.device, rounds: int, reps: int) -> dict:
     return best
 
 
-def matmul_rate(device: torch.device, n: int) -> float:
-    """FLOP/s of one ``[n, n] @ [n, n]`` float32 matmul (2 n^3 FLOPs), the fastest of 5 rounds."""
+def square_matmul(device: torch.device, n: int) -> tuple[Callable[[], object], float]:
+    """One ``[n, n] @ [n, n]`` float32 matmul and its FLOPs (2 n^3): timed in the same
+    alternating rounds as the steps, its fastest round is the machine's matmul rate for them."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    reps = 1 if device.type == "cpu" else 20
-    best = min(timed(lambda: torch.mm(a, b), device, reps, warmup=1) for _ in range(5))
-    return 2.0 * n**3 / best
+    return (lambda: torch.mm(a, b)), 2.0 * n**3
 
 
 def linear_shapes(model: FlowVAE, fn: Callable[[], object]) -> list[tuple[int, int, int, bool]]:
@@ -130,13 +135,13 @@ def linear_shapes(model: FlowVAE, fn: Callable[[], object]) -> list[tuple[int, i
     return shapes
 
 
-def gemm_seconds(shapes: list[tuple[int, int, int, bool]], device: torch.device,
-                 backward: bool, rounds: int = 5) -> float:
-    """Seconds the matmuls of ``shapes`` take when run alone at their own shapes, with the
-    operand layouts ``F.linear`` and its backward use: forward ``x @ W^T``; backward
-    ``g @ W`` (only where the input needs a gradient) and ``g^T @ x``. The fastest of
-    ``rounds`` passes: what this BLAS allows at these shapes, a tighter floor than the
-    large-square rate (small row counts and thin inner dimensions run below it)."""
+def gemm_replay(shapes: list[tuple[int, int, int, bool]], device: torch.device,
+                backward: bool) -> Callable[[], None]:
+    """The matmuls of ``shapes`` by themselves, at their own shapes, with the operand layouts
+    ``F.linear`` and its backward use: forward ``x @ W^T``; backward ``g @ W`` (only where
+    the input needs a gradient) and ``g^T @ x``. Its time is what this BLAS allows at these
+    shapes, a tighter floor than the large-square rate (small row counts and thin inner
+    dimensions run below it)."""
     ops = []
     for rows, n_in, n_out, input_grad in shapes:
         x = torch.randn(rows, n_in, device=device)
@@ -153,7 +158,7 @@ def gemm_seconds(shapes: list[tuple[int, int, int, bool]], device: torch.device,
         for op in ops:
             op()
 
-    return min(timed(all_ops, device, 1, warmup=1) for _ in range(rounds))
+    return all_ops
 
 
 #: the paths timed: (fused stack, its compiled kernels, fused Adam); the last is nfvi's default
@@ -171,10 +176,9 @@ def on_path(path: tuple[bool, bool, bool], fn: Callable[[], object]) -> Callable
     return call
 
 
-def optimizer_seconds(model: FlowVAE, device: torch.device, fused_adam: bool,
-                      rounds: int = 5, reps: int = 5) -> float:
-    """Seconds of one ``opt.step()`` of nfvi's Adam on ``model``'s parameters alone (random
-    gradients, on a copy of the model): the optimizer's share of a step. Adam reads and
+def optimizer_replay(model: FlowVAE, fused_adam: bool) -> Callable[[], object]:
+    """One ``opt.step()`` of nfvi's Adam on ``model``'s parameters alone (random gradients,
+    on a copy of the model): the optimizer's share of a step. Adam reads and
     writes every parameter and its two moments, so this grows with the parameter count (the
     amortized head's ``features x K (2D + 1)`` weight at large K) at memory speed, not at the
     matmul rate; the roofline counts it as zero."""
@@ -183,17 +187,35 @@ def optimizer_seconds(model: FlowVAE, device: torch.device, fused_adam: bool,
         p.grad = torch.randn_like(p)
     opt = build_optimizer(params, OptimConfig(fused=fused_adam))
     opt.step()
-    return min(timed(opt.step, device, reps, warmup=1) for _ in range(rounds))
+    return opt.step
 
 
-def train_steps(K: int, device: torch.device, steps: int
-                ) -> tuple[dict[tuple, float], float, float, dict[bool, float], float]:
-    """({path: seconds per training step}, its matmul FLOPs: 3x the forward's, the seconds
-    its matmuls take alone at their shapes, {fused Adam: seconds of the optimizer step
-    alone}, minor page faults per step of the default path). The optimizer is nfvi's
+@dataclass
+class StepTimes:
+    """One K's training-step timings, all from the same alternating rounds (seconds)."""
+
+    steps: dict[tuple, float]  # per path: one training step
+    flops: float  # the step's matmul FLOPs: 3x the forward's
+    rate: float  # FLOP/s of the large square matmul in these rounds
+    matmuls: float  # the step's matmuls alone, at their shapes
+    optimizer: dict[bool, float]  # per Adam (fused or not): its step alone
+    floor: dict[bool, float]  # per Adam: the matmuls and that optimizer step, back to back
+    faults: float  # minor page faults per step of the default path
+
+    @property
+    def roofline(self) -> float:
+        return self.flops / self.rate
+
+
+def train_steps(K: int, device: torch.device, steps: int, matmul_n: int) -> StepTimes:
+    """Every path's training step, the step's matmuls alone, the optimizer alone, the two
+    together (the floor: what any implementation of this model pays with this BLAS and
+    this Adam before the flow, activations, losses and autograd do anything) and the large
+    square matmul (the rate), timed in alternating rounds: each one's fastest round, so
+    that the ratios compare the same machine state. The optimizer is nfvi's
     (``build_optimizer``, ``optim=adam``)."""
     x = torch.bernoulli(torch.full((BATCH, PIXELS), P_ON, device=device))
-    fns = {}
+    fns: dict[object, Callable[[], object]] = {}
     for path in PATHS:
         fused, _, fused_adam = path
         torch.manual_seed(0)
@@ -212,41 +234,72 @@ def train_steps(K: int, device: torch.device, steps: int
             fns[path]()
     shapes = linear_shapes(model, lambda: model.elbo(x, beta=0.5))
     flops = 3.0 * sum(2.0 * r * i * o for r, i, o, _ in shapes)
+    gemm = gemm_replay(shapes, device, backward=True)
+    fns["matmuls"] = gemm
+    for fused_adam in (False, True):
+        adam = optimizer_replay(model, fused_adam)
+        fns[("adam", fused_adam)] = adam
+        fns[("floor", fused_adam)] = lambda adam=adam: (gemm(), adam())
+    fns["square"], square_flops = square_matmul(device, matmul_n)
     rounds = 4
-    times = paired(fns, device, rounds, max(1, steps // rounds))
+    best = paired(fns, device, rounds, max(1, steps // rounds))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
         fns[DEFAULT]()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-    adam = {f: optimizer_seconds(model, device, f) for f in (False, True)}
-    return times, flops, gemm_seconds(shapes, device, backward=True), adam, faults
+    return StepTimes({path: best[path] for path in PATHS}, flops, square_flops / best["square"],
+                     best["matmuls"], {f: best[("adam", f)] for f in (False, True)},
+                     {f: best[("floor", f)] for f in (False, True)}, faults)
 
 
-def iw_points(K: int, device: torch.device, points: int, samples: int
-              ) -> tuple[dict[tuple, float], float, float]:
-    """({path: seconds of ``iw_nll`` per test point at ``samples`` samples}, matmul FLOPs per
-    point, the seconds per point of its matmuls alone at their shapes); groups of (up to) 10
-    points, the paths in turn (the optimizer plays no part)."""
+@dataclass
+class ISTimes:
+    """The importance-weighted NLL's timings, per test point (seconds), all from the same
+    groups of points."""
+
+    seconds: dict[tuple[int, tuple], float]  # per (K, path)
+    flops: dict[int, float]  # per K: matmul FLOPs
+    matmuls: dict[int, float]  # per K: its matmuls alone, at their shapes
+    rate: float  # FLOP/s of the large square matmul in these groups
+
+
+def iw_points(Ks: list[int], device: torch.device, points: int, samples: int, matmul_n: int
+              ) -> ISTimes:
+    """``iw_nll`` at ``samples`` samples for every K and path, in groups of (up to) 5
+    points: per group every (K, path) model in turn, each K's matmuls alone (replayed at
+    their shapes) and the large square, so that K = 80 against K = 0 and each against its
+    roofline compare the same stretches of time on a drifting machine. Each one's fastest
+    group, per point (the optimizer plays no part)."""
     x = torch.bernoulli(torch.full((points, PIXELS), P_ON, device=device))
     chunk = 500 if device.type == "cpu" else 5000
-    group = min(points, 10)
-    models = {}
-    for path in PATHS:
-        torch.manual_seed(0)
-        models[path] = shipped_model(K, path[0]).to(device).eval()
-        on_path(path, lambda m=models[path]: m.iw_nll(x[:1], 100, chunk))()  # warm-up
-    total = dict.fromkeys(PATHS, 0.0)
-    for i in range(0, points, group):
-        for path, model in models.items():
-            total[path] += timed(on_path(path, lambda m=model, i=i: m.iw_nll(
-                x[i : i + group], samples, chunk)), device, 1, warmup=0)
-    model = models[DEFAULT]
-    native.set_enabled(True)
-    with torch.inference_mode():
-        shapes = linear_shapes(model, lambda: model.iw_nll(x[:group], samples, chunk))
-    flops = sum(2.0 * r * i * o for r, i, o, _ in shapes) / group
-    gemm = gemm_seconds(shapes, device, backward=False, rounds=2) / group
-    return {k: t / points for k, t in total.items()}, flops, gemm
+    group = min(points, 5)
+    models, flops, replays = {}, {}, {}
+    for K in Ks:
+        for path in PATHS:
+            torch.manual_seed(0)
+            models[K, path] = shipped_model(K, path[0]).to(device).eval()
+            on_path(path, lambda m=models[K, path]: m.iw_nll(x[:1], 100, chunk))()  # warm-up
+        model = models[K, DEFAULT]
+        native.set_enabled(True)
+        with torch.inference_mode():
+            shapes = linear_shapes(model, lambda m=model: m.iw_nll(x[:group], samples, chunk))
+        flops[K] = sum(2.0 * r * i * o for r, i, o, _ in shapes) / group
+        replays[K] = gemm_replay(shapes, device, backward=False)
+        replays[K]()  # warm-up
+    square, square_flops = square_matmul(device, matmul_n)
+    square()  # warm-up
+    best = dict.fromkeys(models, float("inf"))
+    gemm = dict.fromkeys(Ks, float("inf"))
+    fastest_square = float("inf")
+    for i in range(0, points - group + 1, group):
+        for (K, path), model in models.items():
+            best[K, path] = min(best[K, path], timed(on_path(path, lambda m=model, i=i: m.iw_nll(
+                x[i : i + group], samples, chunk)), device, 1, warmup=0) / group)
+        for K in Ks:
+            gemm[K] = min(gemm[K], timed(replays[K], device, 1, warmup=0) / group)
+        fastest_square = min(fastest_square, *(timed(square, device, 1, warmup=0)
+                                               for _ in range(3)))
+    return ISTimes(best, flops, gemm, square_flops / fastest_square)
 
 
 def main() -> None:
@@ -269,38 +322,45 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
 
-    rate = matmul_rate(device, args.matmul_n)
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {what}; float32 matmul rate "
-          f"{rate / 1e9:.1f} GFLOP/s ({args.matmul_n}^3); batch {BATCH}, "
-          f"{args.steps} steps, IS S={args.iw_samples} over {args.iw_points} points; "
+    print(f"torch {torch.__version__}, {what}; float32 matmul rate: the {args.matmul_n}^3 "
+          f"square in each K's rounds; batch {BATCH}, {args.steps} steps, "
+          f"IS S={args.iw_samples} over {args.iw_points} points; "
           f"malloc keeps freed memory: {kept}; flow stacks: {native.status()}\n")
-    print("| K | path | step ms | step roofline ms | step/roofline | step matmuls alone ms "
-          "| step/matmuls | optimizer alone ms | rest ms | speed-up | faults/step | IS s/point "
+    print("| K | path | step ms | matmul GFLOP/s | step roofline ms | step/roofline "
+          "| step matmuls alone ms | step/matmuls | optimizer alone ms | floor ms "
+          "| floor/roofline | step/floor | rest ms | speed-up | faults/step | IS s/point "
           "| IS roofline s/point | IS/roofline | IS matmuls alone s/point | IS/matmuls "
           "| IS speed-up |")
-    print("|---:|:---|" + "---:|" * 15)
+    print("|---:|:---|" + "---:|" * 19)
     base = next(iter(PATHS))
+    iw = iw_points(args.iw_K, device, args.iw_points, args.iw_samples, args.matmul_n) \
+        if args.iw_K else None
     for K in args.K:
-        steps, flops, gemm, adam, faults = train_steps(K, device, args.steps)
-        roof = flops / rate
-        iw = iw_roof = iw_gemm = None
-        if K in args.iw_K:
-            iw, iw_flops, iw_gemm = iw_points(K, device, args.iw_points, args.iw_samples)
-            iw_roof = iw_flops / rate
+        t = train_steps(K, device, args.steps, args.matmul_n)
         for path, label in PATHS.items():
-            step, opt = steps[path], adam[path[2]]
-            speed = f"{steps[base] / step:.2f}x" if path != base else ""
-            iw_cells = [""] * 6 if iw is None else [
-                f"{iw[path]:.3f}", f"{iw_roof:.3f}", f"{iw[path] / iw_roof:.2f}",
-                f"{iw_gemm:.3f}", f"{iw[path] / iw_gemm:.2f}",
-                f"{iw[base] / iw[path]:.2f}x" if path != base else ""]
-            print(f"| {K} | {label} | {step * 1e3:.1f} | {roof * 1e3:.1f} | {step / roof:.2f} "
-                  f"| {gemm * 1e3:.1f} | {step / gemm:.2f} "
-                  f"| {opt * 1e3:.1f} | {(step - gemm - opt) * 1e3:.1f} | {speed} "
-                  f"| {f'{faults:.0f}' if path == DEFAULT else ''} | "
+            step, opt, floor = t.steps[path], t.optimizer[path[2]], t.floor[path[2]]
+            speed = f"{t.steps[base] / step:.2f}x" if path != base else ""
+            iw_cells = [""] * 6
+            if iw is not None and K in args.iw_K:
+                sec, roof, alone = iw.seconds[K, path], iw.flops[K] / iw.rate, iw.matmuls[K]
+                iw_cells = [f"{sec:.3f}", f"{roof:.3f}", f"{sec / roof:.2f}", f"{alone:.3f}",
+                            f"{sec / alone:.2f}",
+                            f"{iw.seconds[K, base] / sec:.2f}x" if path != base else ""]
+            print(f"| {K} | {label} | {step * 1e3:.1f} | {t.rate / 1e9:.1f} "
+                  f"| {t.roofline * 1e3:.1f} | {step / t.roofline:.2f} "
+                  f"| {t.matmuls * 1e3:.1f} | {step / t.matmuls:.2f} | {opt * 1e3:.1f} "
+                  f"| {floor * 1e3:.1f} | {floor / t.roofline:.2f} | {step / floor:.2f} "
+                  f"| {(step - floor) * 1e3:.1f} | {speed} "
+                  f"| {f'{t.faults:.0f}' if path == DEFAULT else ''} | "
                   + " | ".join(iw_cells) + " |", flush=True)
+    if iw is not None and len(args.iw_K) > 1:
+        lo, hi = min(args.iw_K), max(args.iw_K)
+        print(f"\nIS s/point, K = {hi} / K = {lo} (default path, the same groups of points): "
+              f"{iw.seconds[hi, DEFAULT] / iw.seconds[lo, DEFAULT]:.2f}; the IS groups' "
+              f"matmul rate {iw.rate / 1e9:.1f} GFLOP/s")
+
 
 if __name__ == "__main__":
     main()
