@@ -1,0 +1,51 @@
+"""The benchmark scripts run, as a user runs them, at their smallest settings.
+
+Speed is never asserted here (shared, noisy machines): only that the script runs to the end
+and prints the whole table, every cell a number where one is due, so that a refactor of
+the code a benchmark drives cannot leave its table broken until someone measures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str, tmp_path: Path) -> str:
+    env = dict(os.environ, NFVI_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_bench_fused_prints_every_path_floor_and_the_is_ratio(tmp_path):
+    out = run_script("bench_fused.py", "--threads", "1", "--K", "0", "3", "--iw-K", "0", "3",
+                     "--steps", "4", "--iw-points", "2", "--iw-samples", "20",
+                     "--matmul-n", "128", tmp_path=tmp_path)
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("| K |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert {"floor ms", "floor/roofline", "step/floor", "matmul GFLOP/s"} <= set(columns)
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in lines if line.startswith(("| 0 |", "| 3 |"))]
+    assert [(r[0], r[1]) for r in rows] == [
+        (K, path) for K in ("0", "3") for path in (
+            "layer by layer, for-each Adam", "fused torch loop, fused Adam",
+            "fused native kernels, fused Adam (default)")]
+    numeric = [i for i, c in enumerate(columns)
+               if c not in ("K", "path", "speed-up", "faults/step", "IS speed-up")]
+    for row in rows:
+        assert len(row) == len(columns)
+        values = {columns[i]: float(row[i]) for i in numeric}
+        assert all(v > 0 for k, v in values.items() if k != "rest ms"), row
+        # the floor replays the same matmuls plus the optimizer: never below the matmuls
+        # by more than timing noise can explain at these tiny sizes
+        assert values["floor ms"] > 0.5 * values["step matmuls alone ms"], row
+    ratio = next(line for line in lines if line.startswith("IS s/point, K = 3 / K = 0"))
+    assert float(ratio.split(":")[1].split(";")[0]) > 0
