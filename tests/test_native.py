@@ -132,6 +132,28 @@ def test_the_iw_layout_reads_each_contexts_parameters_untiled(flow, backend):
     assert not stack_.layers[0].fused_broadcasts(z.requires_grad_())  # a graph: tiled rows
 
 
+@needs_kernels
+@pytest.mark.parametrize("rows", ["per-example", "shared", "broadcast"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_planar_forward_in_blocks_of_rows_equals_one_row_at_a_time(rows, dtype):
+    """Planar's forward runs a block of rows layer by layer (``ROWS`` in kernels.c); each
+    row's arithmetic is that of a call on the row alone: bit-equal outputs, log-dets and
+    saved tensors, for 19 rows (two full blocks of 8 and a partial one)."""
+    gen = torch.Generator().manual_seed(6)
+    N = 19 if rows == "per-example" else 19 * 3
+    P = {"per-example": N, "shared": 1, "broadcast": 19}[rows]
+    z = torch.randn(N, D, generator=gen, dtype=dtype) * 1.5
+    w, u, b = params("planar", P, dtype, gen)
+    whole = native.planar_forward(z, w, u, b, keep=True)
+    for r in range(N):
+        p = 0 if P == 1 else r % P
+        one = native.planar_forward(z[r : r + 1], w[:, p : p + 1], u[:, p : p + 1],
+                                    b[:, p : p + 1], keep=True)
+        assert torch.equal(one[0][0], whole[0][r]) and torch.equal(one[1][0], whole[1][r])
+        assert torch.equal(one[2][:, 0], whole[2][:, r])
+        assert torch.equal(one[3][:, 0], whole[3][:, r])
+
+
 def test_cuda_tensors_and_other_dtypes_take_the_torch_loop():
     assert not native.usable(torch.zeros(2, 2, dtype=torch.float16))
     assert not native.usable(torch.zeros(2, 2), torch.zeros(2, 2, dtype=F64))
