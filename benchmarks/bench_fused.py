@@ -1,8 +1,9 @@
-"""Fused against layer-by-layer planar stacks in the default flow VAE, and the matmul roofline.
+"""Fused against layer-by-layer flow stacks in the default flow VAE, and the matmul roofline.
 
 Prints a markdown table: the training step time (forward + backward + Adam step, batch 100,
 random binary data of the bundled size, 784 pixels) of the default model (784-400-400 maxout,
-40 latents, amortized planar flows with ``flow=planar``'s shipped settings) for K = 0, 10, 80,
+40 latents, amortized planar flows with ``flow=planar``'s shipped settings; ``--flow radial``
+or ``householder``: that flow's shipped config, the other fused stacks) for K = 0, 10, 80,
 fused (``flow.fused=true``, the default) and not, with torch's fused Adam (``optim.fused``,
 nfvi's default) and its for-each Adam (the default before); the importance-weighted NLL's
 seconds per test point at S = 5000 for K = 0 and 80; and each against its matmul roofline: the
@@ -22,15 +23,17 @@ anything, so floor/roofline is the lowest step/roofline this machine allows, and
 step - floor.
 
     python benchmarks/bench_fused.py [--device cpu|cuda] [--threads N] [--steps 20]
-        [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80]
+        [--iw-points 10] [--iw-samples 5000] [--K 0 10 80] [--iw-K 0 80] [--flow planar]
 
-The paths: layer by layer with the for-each Adam (the first implementation); the fused stack
-run by its torch loop with torch's fused Adam; and nfvi's default, the fused stack run by its
-compiled CPU kernels (:mod:`nfvi.native`; on CUDA, or where no C compiler could build
-them, that row is the torch loop again and says so). Like every nfvi job the script first
-lets malloc keep freed memory (:func:`nfvi.runtime.keep_freed_memory`; ``--default-malloc``
-leaves glibc's defaults, to measure what that does): "faults/step" is the minor page faults
-per training step of the default path.
+The paths: layer by layer with the for-each Adam (the first implementation); layer by layer
+with everything else as the default has it (``flow.fused=false`` today: maxout's compiled
+kernel, the fused Adam), so that against the last row the fused stack's own gain shows; the
+fused stack run by its torch loop with torch's fused Adam; and nfvi's default, the fused
+stack run by its compiled CPU kernels (:mod:`nfvi.native`; on CUDA, or where no C compiler
+could build them, that row is the torch loop again and says so). Like every nfvi job the
+script first lets malloc keep freed memory (:func:`nfvi.runtime.keep_freed_memory`;
+``--default-malloc`` leaves glibc's defaults, to measure what that does): "faults/step" is
+the minor page faults per training step of the default path.
 
 One process, one device: compare ratios within a run (shared machines are noisy). For each K,
 the paths' models (same seed, same weights), the matmul replay, the optimizer, the floor and
@@ -51,7 +54,7 @@ import torch
 from torch import nn
 
 from nfvi import native
-from nfvi.config import OptimConfig
+from nfvi.config import OptimConfig, compose_config, typed
 from nfvi.optim import build_optimizer
 from nfvi.runtime import keep_freed_memory
 from nfvi.vae.model import FlowVAE
@@ -59,11 +62,11 @@ from nfvi.vae.model import FlowVAE
 BATCH, PIXELS, P_ON = 100, 784, 0.13
 
 
-def shipped_model(K: int, fused: bool) -> FlowVAE:
-    """The default model with ``flow=planar``'s shipped settings (centered, head gain 0.2, the
-    head's own 400-wide hidden layer)."""
-    model = FlowVAE(PIXELS, 40, [400, 400], "maxout", 4, "planar", K, True,
-                    flow_hparams={"centered": True}, head_gain=0.2, context_hidden=400)
+def shipped_model(K: int, fused: bool, flow: str = "planar") -> FlowVAE:
+    """The default model, ``nfvi train flow=FLOW K=K`` (planar: centered, head gain 0.2, the
+    head's own 400-wide hidden layer), on 28 x 28 binary images."""
+    cfg = typed(compose_config(f"flow={flow}", f"K={K}"))
+    model = FlowVAE.from_config(cfg, PIXELS, (1, 28, 28))
     model.flow.fused = fused
     return model
 
@@ -163,6 +166,7 @@ def gemm_replay(shapes: list[tuple[int, int, int, bool]], device: torch.device,
 
 #: the paths timed: (fused stack, its compiled kernels, fused Adam); the last is nfvi's default
 PATHS = {(False, False, False): "layer by layer, for-each Adam",
+         (False, True, True): "layer by layer (flow.fused=false), fused Adam",
          (True, False, True): "fused torch loop, fused Adam",
          (True, True, True): "fused native kernels, fused Adam (default)"}
 DEFAULT = (True, True, True)
@@ -207,7 +211,8 @@ class StepTimes:
         return self.flops / self.rate
 
 
-def train_steps(K: int, device: torch.device, steps: int, matmul_n: int) -> StepTimes:
+def train_steps(K: int, device: torch.device, steps: int, matmul_n: int, flow: str = "planar"
+                ) -> StepTimes:
     """Every path's training step, the step's matmuls alone, the optimizer alone, the two
     together (the floor: what any implementation of this model pays with this BLAS and
     this Adam before the flow, activations, losses and autograd do anything) and the large
@@ -219,7 +224,7 @@ def train_steps(K: int, device: torch.device, steps: int, matmul_n: int) -> Step
     for path in PATHS:
         fused, _, fused_adam = path
         torch.manual_seed(0)
-        model = shipped_model(K, fused).to(device)
+        model = shipped_model(K, fused, flow).to(device)
         assert model.flow.uses_fused == (fused and K > 0)
         opt = build_optimizer(model.parameters(), OptimConfig(fused=fused_adam))
 
@@ -263,8 +268,8 @@ class ISTimes:
     rate: float  # FLOP/s of the large square matmul in these groups
 
 
-def iw_points(Ks: list[int], device: torch.device, points: int, samples: int, matmul_n: int
-              ) -> ISTimes:
+def iw_points(Ks: list[int], device: torch.device, points: int, samples: int, matmul_n: int,
+              flow: str = "planar") -> ISTimes:
     """``iw_nll`` at ``samples`` samples for every K and path, in groups of (up to) 5
     points: per group every (K, path) model in turn, each K's matmuls alone (replayed at
     their shapes) and the large square, so that K = 80 against K = 0 and each against its
@@ -277,7 +282,7 @@ def iw_points(Ks: list[int], device: torch.device, points: int, samples: int, ma
     for K in Ks:
         for path in PATHS:
             torch.manual_seed(0)
-            models[K, path] = shipped_model(K, path[0]).to(device).eval()
+            models[K, path] = shipped_model(K, path[0], flow).to(device).eval()
             on_path(path, lambda m=models[K, path]: m.iw_nll(x[:1], 100, chunk))()  # warm-up
         model = models[K, DEFAULT]
         native.set_enabled(True)
@@ -312,6 +317,8 @@ def main() -> None:
     ap.add_argument("--K", type=int, nargs="+", default=[0, 10, 80])
     ap.add_argument("--iw-K", type=int, nargs="*", default=[0, 80])
     ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--flow", default="planar", choices=["planar", "radial", "householder"],
+                    help="the flow of the model, with its shipped config")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's malloc thresholds as they are (nfvi's jobs raise them)")
     args = ap.parse_args()
@@ -324,8 +331,8 @@ def main() -> None:
 
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {what}; float32 matmul rate: the {args.matmul_n}^3 "
-          f"square in each K's rounds; batch {BATCH}, {args.steps} steps, "
+    print(f"torch {torch.__version__}, {what}; flow={args.flow}; float32 matmul rate: the "
+          f"{args.matmul_n}^3 square in each K's rounds; batch {BATCH}, {args.steps} steps, "
           f"IS S={args.iw_samples} over {args.iw_points} points; "
           f"malloc keeps freed memory: {kept}; flow stacks: {native.status()}\n")
     print("| K | path | step ms | matmul GFLOP/s | step roofline ms | step/roofline "
@@ -335,10 +342,11 @@ def main() -> None:
           "| IS speed-up |")
     print("|---:|:---|" + "---:|" * 19)
     base = next(iter(PATHS))
-    iw = iw_points(args.iw_K, device, args.iw_points, args.iw_samples, args.matmul_n) \
+    iw = iw_points(args.iw_K, device, args.iw_points, args.iw_samples, args.matmul_n,
+                   args.flow) \
         if args.iw_K else None
     for K in args.K:
-        t = train_steps(K, device, args.steps, args.matmul_n)
+        t = train_steps(K, device, args.steps, args.matmul_n, args.flow)
         for path, label in PATHS.items():
             step, opt, floor = t.steps[path], t.optimizer[path[2]], t.floor[path[2]]
             speed = f"{t.steps[base] / step:.2f}x" if path != base else ""

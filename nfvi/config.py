@@ -117,7 +117,7 @@ class FlowConfig:
     # amortized: width of the head's own hidden layer, theta = c + g W ELU(V h + a); null: none
     # (theta linear in h, as in the paper)
     context_hidden: int | None = None
-    # planar and radial stacks run as one fused pass with a hand-derived backward
+    # planar, radial and Householder stacks run as one fused pass with a hand-derived backward
     # (nfvi/flows/fused.py; the same map to rounding); false: layer by layer through autograd
     fused: bool = True
     # extra keyword arguments for the layer class (flow-specific hyperparameters)

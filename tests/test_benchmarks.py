@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,11 +26,13 @@ def run_script(name: str, *args: str, tmp_path: Path) -> str:
     return done.stdout
 
 
-def test_bench_fused_prints_every_path_floor_and_the_is_ratio(tmp_path):
+@pytest.mark.parametrize("flow", ["planar", "householder"])
+def test_bench_fused_prints_every_path_floor_and_the_is_ratio(flow, tmp_path):
     out = run_script("bench_fused.py", "--threads", "1", "--K", "0", "3", "--iw-K", "0", "3",
                      "--steps", "4", "--iw-points", "2", "--iw-samples", "20",
-                     "--matmul-n", "128", tmp_path=tmp_path)
+                     "--matmul-n", "128", "--flow", flow, tmp_path=tmp_path)
     lines = out.splitlines()
+    assert f"flow={flow};" in lines[0]
     header = next(line for line in lines if line.startswith("| K |"))
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert {"floor ms", "floor/roofline", "step/floor", "matmul GFLOP/s"} <= set(columns)
@@ -36,7 +40,8 @@ def test_bench_fused_prints_every_path_floor_and_the_is_ratio(tmp_path):
             for line in lines if line.startswith(("| 0 |", "| 3 |"))]
     assert [(r[0], r[1]) for r in rows] == [
         (K, path) for K in ("0", "3") for path in (
-            "layer by layer, for-each Adam", "fused torch loop, fused Adam",
+            "layer by layer, for-each Adam", "layer by layer (flow.fused=false), fused Adam",
+            "fused torch loop, fused Adam",
             "fused native kernels, fused Adam (default)")]
     numeric = [i for i, c in enumerate(columns)
                if c not in ("K", "path", "speed-up", "faults/step", "IS speed-up")]

@@ -1,4 +1,5 @@
-"""The compiled CPU kernels of the fused stacks (nfvi.native) against the torch loops.
+"""The compiled CPU kernels of the fused stacks (nfvi.native) against the torch loops:
+planar, radial and Householder.
 
 Values and gradients agree to 1e-10 in float64 for per-example, shared and broadcast
 parameter rows (``N = n B`` rows reading ``B`` parameter rows, the importance-weighted NLL's
@@ -18,11 +19,12 @@ import torch
 
 from nfvi import native
 from nfvi.flows import make_flow
-from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction
+from nfvi.flows.fused import HouseholderStackFunction, PlanarStackFunction, RadialStackFunction
 
 F64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-10)
 K, B, D, REPEAT = 6, 5, 4, 3
+FLOWS = ["planar", "radial", "householder"]
 
 needs_kernels = pytest.mark.skipif(native.library() is None, reason=native.status())
 
@@ -36,20 +38,33 @@ def backend():
 
 
 def params(flow: str, P: int, dtype: torch.dtype, gen: torch.Generator) -> list[torch.Tensor]:
-    """Planar ``w, u_hat [K, P, D], b [K, P, 1]`` or radial ``c [K, P, D], alpha, beta``."""
+    """Planar ``w, u_hat [K, P, D], b [K, P, 1]``, radial ``c [K, P, D], alpha, beta`` or
+    Householder ``v [K, P, D]``."""
     def rnd(*shape, scale=1.0):
         return torch.randn(*shape, generator=gen, dtype=dtype) * scale
 
     if flow == "planar":
         return [rnd(K, P, D, scale=0.8), rnd(K, P, D, scale=0.5), rnd(K, P, 1)]
+    if flow == "householder":
+        return [rnd(K, P, D)]
     alpha = torch.rand(K, P, 1, generator=gen, dtype=dtype) + 0.2
     return [rnd(K, P, D), alpha, torch.rand(K, P, 1, generator=gen, dtype=dtype) * 2 - 0.1]
 
 
 def stack(flow: str, z, ps):
+    if flow == "householder":  # volume-preserving: no log-determinant output
+        return HouseholderStackFunction.apply(z, *ps)[0], z.new_zeros(z.shape[0])
     fn = PlanarStackFunction if flow == "planar" else RadialStackFunction
     z_k, ld, _, _ = fn.apply(z, *ps)
     return z_k, ld
+
+
+def forward_kernel(flow: str):
+    """The kernel's forward call, ``(z, *params, keep) -> (z_K, log_det, saved, saved)``."""
+    if flow == "householder":
+        return lambda z, v, keep: native.householder_forward(
+            z, v, (v * v).sum(-1, keepdim=True), keep)
+    return native.planar_forward if flow == "planar" else native.radial_forward
 
 
 def outputs_and_grads(flow: str, z, ps, gen):
@@ -64,7 +79,7 @@ def outputs_and_grads(flow: str, z, ps, gen):
 
 
 @needs_kernels
-@pytest.mark.parametrize("flow", ["planar", "radial"])
+@pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("rows", ["per-example", "shared", "broadcast"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_the_kernels_equal_the_torch_loops(flow, rows, dtype, backend):
@@ -93,7 +108,7 @@ def test_the_kernels_equal_the_torch_loops(flow, rows, dtype, backend):
 
 
 @needs_kernels
-@pytest.mark.parametrize("flow", ["planar", "radial"])
+@pytest.mark.parametrize("flow", FLOWS)
 def test_strided_parameters_as_the_head_lays_them_out(flow, backend):
     """The amortized head's ``[B, K, n]`` output seen as ``[K, B, n]`` (a transposed view)."""
     backend(True)
@@ -107,7 +122,7 @@ def test_strided_parameters_as_the_head_lays_them_out(flow, backend):
 
 
 @needs_kernels
-@pytest.mark.parametrize("flow", ["planar", "radial"])
+@pytest.mark.parametrize("flow", FLOWS)
 def test_the_iw_layout_reads_each_contexts_parameters_untiled(flow, backend):
     """``FlowStack.forward(repeat=S)`` without a graph: the kernels take the head's ``[K, B]``
     parameters as they are and give what the tiled contexts give."""
@@ -133,22 +148,23 @@ def test_the_iw_layout_reads_each_contexts_parameters_untiled(flow, backend):
 
 
 @needs_kernels
+@pytest.mark.parametrize("flow", ["planar", "householder"])
 @pytest.mark.parametrize("rows", ["per-example", "shared", "broadcast"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_planar_forward_in_blocks_of_rows_equals_one_row_at_a_time(rows, dtype):
-    """Planar's forward runs a block of rows layer by layer (``ROWS`` in kernels.c); each
-    row's arithmetic is that of a call on the row alone: bit-equal outputs, log-dets and
-    saved tensors, for 19 rows (two full blocks of 8 and a partial one)."""
+def test_forward_in_blocks_of_rows_equals_one_row_at_a_time(flow, rows, dtype):
+    """Planar's and Householder's forwards run a block of rows layer by layer (``ROWS`` in
+    kernels.c); each row's arithmetic is that of a call on the row alone: bit-equal outputs,
+    log-dets and saved tensors, for 19 rows (two full blocks of 8 and a partial one)."""
     gen = torch.Generator().manual_seed(6)
     N = 19 if rows == "per-example" else 19 * 3
     P = {"per-example": N, "shared": 1, "broadcast": 19}[rows]
     z = torch.randn(N, D, generator=gen, dtype=dtype) * 1.5
-    w, u, b = params("planar", P, dtype, gen)
-    whole = native.planar_forward(z, w, u, b, keep=True)
+    ps = params(flow, P, dtype, gen)
+    fwd = forward_kernel(flow)
+    whole = fwd(z, *ps, keep=True)
     for r in range(N):
         p = 0 if P == 1 else r % P
-        one = native.planar_forward(z[r : r + 1], w[:, p : p + 1], u[:, p : p + 1],
-                                    b[:, p : p + 1], keep=True)
+        one = fwd(z[r : r + 1], *[t[:, p : p + 1] for t in ps], keep=True)
         assert torch.equal(one[0][0], whole[0][r]) and torch.equal(one[1][0], whole[1][r])
         assert torch.equal(one[2][:, 0], whole[2][:, r])
         assert torch.equal(one[3][:, 0], whole[3][:, r])
@@ -218,7 +234,7 @@ def test_without_a_compiler_the_torch_loop_runs(tmp_path):
 
 
 @needs_kernels
-@pytest.mark.parametrize("flow", ["planar", "radial"])
+@pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("rows", ["per-example", "shared", "broadcast"])
 def test_large_calls_on_threads_give_the_single_thread_result(flow, rows, backend,
                                                               monkeypatch):
@@ -230,7 +246,7 @@ def test_large_calls_on_threads_give_the_single_thread_result(flow, rows, backen
     P = {"per-example": N, "shared": 1, "broadcast": B}[rows]
     z = torch.randn(N, D, generator=gen, dtype=F64)
     ps = params(flow, P, F64, gen)
-    fwd = native.planar_forward if flow == "planar" else native.radial_forward
+    fwd = forward_kernel(flow)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -140,7 +140,7 @@ class FlowLayer(nn.Module):
     def fused_broadcasts(self, z: Tensor) -> bool:
         """Whether :meth:`fused_forward` takes ``z [n B, D]`` (sample-major, row ``s B + b``)
         with parameters for the ``B`` contexts, ``[K, B, ...]``, untiled (False: the default;
-        planar and radial where their compiled kernels run, :mod:`nfvi.native`)."""
+        planar, radial and Householder where their compiled kernels run, :mod:`nfvi.native`)."""
         return False
 
 
@@ -268,10 +268,10 @@ class FlowStack(nn.Module):
     ``context`` is the encoder's features ``[B, context_dim]`` in an amortized stack (then
     required), else None. With K = 0 the stack is the identity with a zero log-determinant.
 
-    ``fused`` (default True): where every layer is of one fusable kind (planar, radial: equal
-    :meth:`FlowLayer.fuse_key`), :meth:`forward` runs the whole stack as one fused pass with a
-    hand-derived backward (:mod:`nfvi.flows.fused`), the same map to rounding;
-    :attr:`uses_fused` says whether it does. False: always layer by layer.
+    ``fused`` (default True): where every layer is of one fusable kind (planar, radial,
+    Householder: equal :meth:`FlowLayer.fuse_key`), :meth:`forward` runs the whole stack as
+    one fused pass with a hand-derived backward (:mod:`nfvi.flows.fused`), the same map to
+    rounding; :attr:`uses_fused` says whether it does. False: always layer by layer.
     """
 
     def __init__(
@@ -412,7 +412,7 @@ def make_flow(
     and an :class:`AmortizedParams` head produces every layer's raw parameters from it;
     otherwise they are :class:`GlobalParams`. ``context_norm``: the head reads the layer-normed
     context and ``head_gain`` (None: ``1/sqrt(context_dim)``) scales how fast the head learns
-    (see :class:`AmortizedParams`). ``fused``: run planar and radial stacks as one fused pass
+    (see :class:`AmortizedParams`). ``fused``: run planar, radial and Householder stacks as one pass
     (:attr:`FlowStack.fused`). Extra keyword arguments go to the layer class.
     """
     if name not in FLOWS:

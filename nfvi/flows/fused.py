@@ -1,11 +1,13 @@
-"""Fused planar and radial stacks: K layers and their summed log-determinant in one autograd node.
+"""Fused planar, radial and Householder stacks: K layers (and their summed log-determinant)
+in one autograd node.
 
-Rezende & Mohamed 2015, section 4.1, eqs. 10-14. A stack of K planar (or radial) layers run
-layer by layer through autograd records some 20-30 small operations per layer, each saving its
-inputs and costing one kernel launch (or one dispatch on a CPU) forward and backward. Here the
-whole stack is one :class:`torch.autograd.Function` whose forward is a loop of 3 (planar) or 5
-(radial) operations per layer and whose backward is derived by hand: the loop over the layers
-stays sequential (each layer's gradient depends on the next one's), with 4 (planar) or 5 (radial)
+Rezende & Mohamed 2015, section 4.1, eqs. 10-14; Tomczak & Welling 2016 for the Householder
+reflections. A stack of K planar (or radial, or Householder) layers run layer by layer
+through autograd records some 5-30 small operations per layer, each saving its inputs and
+costing one kernel launch (or one dispatch on a CPU) forward and backward. Here the whole
+stack is one :class:`torch.autograd.Function` whose forward is a loop of 2 (Householder), 3
+(planar) or 5 (radial) operations per layer and whose backward is derived by hand: the loop
+over the layers stays sequential (each layer's gradient depends on the next one's), with 2-5
 operations per layer, and everything that does not depend on the running gradient -- the
 log-determinants, their derivatives and the parameter gradients -- is done for all layers at
 once on ``[K, B, ...]`` tensors.
@@ -46,6 +48,18 @@ With ``e1 = l (D - 1) / t1``, ``e2 = l / t2`` (per layer) the log-determinant's 
     dL/dc_k     = -(beta h g_k + (dL/dr / r) d_k)
     dL/dalpha_k = -h^2 dL/dh
     dL/dbeta_k  = h gd + L_beta
+
+Householder, layer k, ``a_k = v_k^T z_{k-1}``, ``n_k = max(||v_k||^2, tiny)``::
+
+    z_k = z_{k-1} - (2 a_k / n_k) v_k,     log|det_k| = 0,
+
+and with ``s_k = g_k^T v_k``::
+
+    g_{k-1}     = g_k - (2 s_k / n_k) v_k
+    dL/dv_k     = -(2 / n_k) (s_k z_{k-1} + a_k g_k) + (4 a_k s_k / n_k^2) v_k
+
+(the last term only where ``||v_k||^2`` is above the clamp). It saves ``z_{k-1}`` and ``a_k``
+like planar saves its inputs and ``h``.
 
 ``log|.|`` is clamped at the dtype's ``tiny`` as in the layer-by-layer code, and so is its
 gradient (zero below the clamp).
@@ -394,3 +408,84 @@ def radial_stack(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Ten
         return z_k, log_det
     z_k, log_det, _, _ = _radial_loop(z, c, alpha, beta, keep=False)
     return z_k, log_det
+
+
+# ----------------------------------------------------------------------------- Householder
+
+
+def _householder_loop(z: Tensor, v: Tensor, keep: bool
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The forward: ``(z_K, inputs [K, B, D] or None, a [K, B, 1] or None)``, ``a_k = v_k^T
+    z_{k-1}``; compiled where :mod:`nfvi.native` can take it (the Triton kernels have no
+    Householder stack: on CUDA this loop runs)."""
+    n_raw = (v * v).sum(-1, keepdim=True)  # [K, P, 1]
+    if native.usable(z, v):
+        z_k, _, zin, a = native.householder_forward(z, v, n_raw, keep)
+        return z_k, zin, a
+    two_over_n = 2.0 / n_raw.clamp_min(torch.finfo(v.dtype).tiny)
+    inputs: list[Tensor] = []
+    dots: list[Tensor] = []
+    if not keep:
+        z = z.clone()  # updated in place: nothing saved, nothing else reads z
+    for k in range(v.shape[0]):
+        a = _dot(z, v[k])
+        if keep:
+            inputs.append(z)
+            dots.append(a)
+            z = torch.addcmul(z, a * two_over_n[k], v[k], value=-1.0)
+        else:
+            z.addcmul_(a * two_over_n[k], v[k], value=-1.0)
+    if not keep:
+        return z, None, None
+    return z, torch.stack(inputs), torch.stack(dots)
+
+
+class HouseholderStackFunction(torch.autograd.Function):
+    """``(z [B, D], v [K, B|1, D]) -> (z_K, inputs, a)``; the last two are saved for the
+    backward (not differentiable). See the module docstring for the formulas."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z: Tensor, v: Tensor):  # type: ignore[override]
+        return _householder_loop(z, v, keep=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        _, v = inputs
+        _, zin, a = output
+        ctx.mark_non_differentiable(zin, a)
+        ctx.save_for_backward(v, zin, a)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_z: Tensor, _g_in: Tensor, _g_a: Tensor):  # type: ignore[override]
+        v, zin, a = ctx.saved_tensors
+        n_raw = (v * v).sum(-1, keepdim=True)
+        if native.usable(g_z, v, zin):
+            return native.householder_backward(g_z, v, n_raw, zin, a)
+        tiny = torch.finfo(v.dtype).tiny
+        n = n_raw.clamp_min(tiny)
+        K = v.shape[0]
+        grads: list[Tensor] = [g_z] * K
+        dots: list[Tensor] = [g_z] * K
+        g = g_z
+        for k in range(K - 1, -1, -1):  # sequential: g_{k-1} needs g_k
+            grads[k] = g
+            s = _dot(g, v[k])
+            dots[k] = s
+            g = torch.addcmul(g, s * (2.0 / n[k]), v[k], value=-1.0)
+        s = torch.stack(dots)
+        c_v = torch.where(n_raw >= tiny, 4.0 * a * s / (n * n), n.new_zeros(()))
+        g_v = torch.addcmul(c_v * v, s * zin + a * torch.stack(grads), -2.0 / n)
+        return g, _like(g_v, v)
+
+
+def householder_stack(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """K Householder reflections: ``z [B, D]``, ``v [K, B|1, D]`` -> ``(z_K [B, D], zeros [B])``
+    (volume-preserving: every layer's ``log|det|`` is 0)."""
+    if _record(z, v):
+        z_k, _, _ = HouseholderStackFunction.apply(z, v)
+    else:
+        z_k, _, _ = _householder_loop(z, v, keep=False)
+    return z_k, z.new_zeros(z.shape[0])

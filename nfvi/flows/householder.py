@@ -14,6 +14,10 @@ As in the paper, the reflection vectors come from the encoder (amortized: the de
 through :meth:`param_shapes` (one linear head on the encoder's features produces every layer's
 ``v``; the paper chains ``v_t = W_t v_{t-1}`` instead); with ``flow.amortized=false`` each
 ``v_t`` is a learned global vector.
+
+A stack of Householder layers runs fused by default (:meth:`Householder.fused_forward`,
+:mod:`nfvi.flows.fused`): all K reflections in one autograd node with a hand-derived backward,
+compiled on a CPU (:mod:`nfvi.native`); ``flow.fused=false`` runs them layer by layer.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import nfvi.native as native
 from nfvi.flows.base import FlowLayer, Params, register_flow
+from nfvi.flows.fused import householder_stack
 
 
 def reflect(z: Tensor, v: Tensor) -> Tensor:
@@ -51,6 +57,18 @@ class Householder(FlowLayer):
 
     def forward(self, z: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
         return reflect(z, self.raw_params(context)["v"]), z.new_zeros(z.shape[0])
+
+    def fuse_key(self) -> tuple | None:
+        # a subclass may change the map: only this class's layers fuse
+        return ("householder", self.dim) if type(self) is Householder else None
+
+    def fused_forward(self, z: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        """All K reflections: ``params`` ``v [K, B|1, D]``."""
+        return householder_stack(z, params["v"])
+
+    def fused_broadcasts(self, z: Tensor) -> bool:
+        # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows
+        return not torch.is_grad_enabled() and native.usable(z)
 
     def inverse(self, z_next: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
         return self.forward(z_next, context)  # H^{-1} = H, log|det| = 0 both ways

@@ -49,7 +49,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-VERSION = 2  # kernels.c's nfvi_kernels_version()
+VERSION = 3  # kernels.c's nfvi_kernels_version()
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -128,6 +128,10 @@ def _declare(lib: ctypes.CDLL) -> None:
                                                           V, V, V, V]
         getattr(lib, f"radial_backward_{suf}").argtypes = shapes + [V, V, V, L, L, V, L, L, V, V,
                                                            V, V, V, V]
+        getattr(lib, f"householder_forward_{suf}").argtypes = shapes + [V, V, L, L, V, L, L,
+                                                               V, V, V, V]
+        getattr(lib, f"householder_backward_{suf}").argtypes = shapes + [V, V, L, L, V, L, L,
+                                                                V, V, V, V]
         R = ctypes.c_float if suf == "f32" else ctypes.c_double
         getattr(lib, f"planar_constrain_{suf}").argtypes = [L, L, L, R, R, V, L, L, V, L, L, V]
         getattr(lib, f"planar_constrain_backward_{suf}").argtypes = [L, L, L, R, R, V, L, L, V,
@@ -136,7 +140,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"window_max_backward_{suf}").argtypes = [L, L, V, V, V, V]
         for name in ("planar_forward", "planar_backward", "planar_constrain",
                      "planar_constrain_backward", "radial_forward", "radial_backward",
-                     "window_max", "window_max_backward"):
+                     "householder_forward", "householder_backward", "window_max",
+                     "window_max_backward"):
             getattr(lib, f"{name}_{suf}").restype = None
 
 
@@ -243,10 +248,10 @@ def _sizes(z: Tensor, p: Tensor) -> tuple[int, int, int, int]:
     return N, P, K, D
 
 
-def _stack_forward(kind: str, z: Tensor, params: tuple[Tensor, Tensor, Tensor], keep: bool
+def _stack_forward(kind: str, z: Tensor, params: tuple[Tensor, ...], keep: bool
                    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The planar and radial forward kernels' shared call: ``z [N, D]`` through the three
-    ``[K, P, n]`` parameters; ``keep`` saves ``[K, N, D]`` and ``[K, N, 1]`` for the backward
+    """The planar, radial and Householder forward kernels' shared call: ``z [N, D]`` through
+    the ``[K, P, n]`` parameters; ``keep`` saves ``[K, N, D]`` and ``[K, N, 1]`` for the backward
     in one call, else large calls run on threads over blocks of rows (:func:`_row_blocks`)."""
     lib = library()
     z = z.contiguous()
@@ -342,6 +347,28 @@ def radial_backward(g_z: Tensor, g_ld: Tensor, alpha: Tensor, beta: Tensor, d: T
         beta.data_ptr(), sbk, sbp, d.data_ptr(), r.data_ptr(), g0.data_ptr(), gc.data_ptr(),
         ga.data_ptr(), gb.data_ptr())
     return g0, gc, ga, gb
+
+
+def householder_forward(z: Tensor, v: Tensor, n_raw: Tensor, keep: bool
+                        ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(z_K [N, D], log_det [N] (zeros), inputs [K, N, D], a [K, N, 1])`` (the last two None
+    unless ``keep``; ``a_k = v_k^T z_{k-1}``); ``v [K, P, D]`` and its ``n_raw = v^T v
+    [K, P, 1]``."""
+    return _stack_forward("householder", z, (v, n_raw), keep)
+
+
+def householder_backward(g_z: Tensor, v: Tensor, n_raw: Tensor, zin: Tensor, a: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+    """``(dL/dz_0 [N, D], dL/dv [K, P, D])``."""
+    lib = library()
+    g_z = g_z.contiguous()
+    N, P, K, D = _sizes(g_z, v)
+    (v, svk, svp), (n_raw, snk, snp) = _param(v), _param(n_raw)
+    g0, gv = torch.empty_like(g_z), g_z.new_zeros(K, P, D)
+    getattr(lib, f"householder_backward_{_SUFFIX[g_z.dtype]}")(
+        N, P, K, D, g_z.data_ptr(), v.data_ptr(), svk, svp, n_raw.data_ptr(), snk, snp,
+        zin.data_ptr(), a.data_ptr(), g0.data_ptr(), gv.data_ptr())
+    return g0, gv
 
 
 def window_max(v: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 /* nfvi's compiled CPU kernels (nfvi/native/__init__.py builds and loads them).
 
-   Planar and radial stacks, forward and hand-derived backward, one example at a time
-   (planar's forward: one block of ROWS examples at a time).
+   Planar, radial and Householder stacks, forward and hand-derived backward, one example at
+   a time (planar's and Householder's forwards: one block of ROWS examples at a time).
 
    The C twin of the torch loops in nfvi/flows/fused.py (whose docstring has the formulas):
    the same maps and gradients, computed row by row so that a row's K layers run in the
@@ -232,6 +232,67 @@ void radial_backward_##SUF(long N, long P, long K, long D, const T *gz, const T 
             gbeta[k * P + p] += l_beta + hh * gd;                                          \
         }                                                                                  \
     }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* Householder reflections (Tomczak & Welling 2016), layer k: a = v^T z,                   \
+   n = max(v^T v, tiny), z <- z - (2 a / n) v; log|det| = 0 (ld is zeroed). nr: v^T v per  \
+   parameter row, [K, P] at strides (snk, snp). Saved: zin (each layer's input) and        \
+   a [K, N]. A block of ROWS rows runs layer by layer, as planar's forward does. */        \
+void householder_forward_##SUF(long N, long P, long K, long D, const T *z0,                \
+                               const T *v, long svk, long svp, const T *nr, long snk,      \
+                               long snp, T *zout, T *ld, T *zin, T *asave) {               \
+    for (long r0 = 0; r0 < N; r0 += ROWS) {                                                \
+        long n = N - r0 < ROWS ? N - r0 : ROWS, p[ROWS];                                   \
+        T c[ROWS];                                                                         \
+        for (long i = 0; i < n; ++i) p[i] = P == 1 ? 0 : (r0 + i) % P;                     \
+        T *z = zout + r0 * D;                                                              \
+        for (long j = 0; j < n * D; ++j) z[j] = z0[r0 * D + j];                            \
+        for (long k = 0; k < K; ++k) {                                                     \
+            for (long i = 0; i < n; ++i) {                                                 \
+                const T *vk = v + k * svk + p[i] * svp;                                    \
+                T nk = nr[k * snk + p[i] * snp];                                           \
+                if (zin) {                                                                 \
+                    T *zi = zin + (k * N + r0 + i) * D;                                    \
+                    for (long j = 0; j < D; ++j) zi[j] = z[i * D + j];                     \
+                }                                                                          \
+                T a = dot_##SUF(z + i * D, vk, D);                                         \
+                if (asave) asave[k * N + r0 + i] = a;                                      \
+                c[i] = (T)2 * a / (nk < TINY ? TINY : nk);                                 \
+            }                                                                              \
+            for (long i = 0; i < n; ++i) {                                                 \
+                const T *vk = v + k * svk + p[i] * svp;                                    \
+                T *zr = z + i * D;                                                         \
+                for (long j = 0; j < D; ++j) zr[j] -= c[i] * vk[j];                        \
+            }                                                                              \
+        }                                                                                  \
+        for (long i = 0; i < n; ++i) ld[r0 + i] = 0;                                       \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* its backward, g = dL/dz_k in, s = g^T v: dL/dz_{k-1} = g - (2 s / n) v and              \
+   dL/dv = -(2 / n) (s z_{k-1} + a g) + (4 a s / n^2) v (no n term below the clamp);       \
+   gv contiguous [K, P, D], zeroed by the caller */                                        \
+void householder_backward_##SUF(long N, long P, long K, long D, const T *gz, const T *v,   \
+                                long svk, long svp, const T *nr, long snk, long snp,       \
+                                const T *zin, const T *asave, T *g0, T *gv) {              \
+    for (long r = 0; r < N; ++r) {                                                         \
+        long p = P == 1 ? 0 : r % P;                                                       \
+        T *restrict g = g0 + r * D;                                                        \
+        for (long j = 0; j < D; ++j) g[j] = gz[r * D + j];                                 \
+        for (long k = K - 1; k >= 0; --k) {                                                \
+            const T *restrict vk = v + k * svk + p * svp;                                  \
+            const T *restrict zi = zin + (k * N + r) * D;                                  \
+            T *restrict gvk = gv + (k * P + p) * D;                                        \
+            T nraw = nr[k * snk + p * snp], nk = nraw < TINY ? TINY : nraw;                \
+            T a = asave[k * N + r], s = dot_##SUF(g, vk, D);                               \
+            T cz = (T)-2 * s / nk, cg = (T)-2 * a / nk;                                    \
+            T cv = nraw < TINY ? (T)0 : (T)4 * a * s / (nk * nk);                          \
+            for (long j = 0; j < D; ++j) {                                                 \
+                gvk[j] += cz * zi[j] + cg * g[j] + cv * vk[j];                             \
+                g[j] += cz * vk[j];                                                        \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
 }
 
 /* Maxout's window maximum: v [R, pool] row-major -> m [R] (NaN-propagating, as
@@ -281,4 +342,4 @@ DEFINE_STACKS(float, f32, FLT_MIN, logf, tanhf, sqrtf, fabsf, log1pf, expf)
 DEFINE_STACKS(double, f64, DBL_MIN, log, tanh, sqrt, fabs, log1p, exp)
 
 /* the interface's version: native.py refuses a library whose version differs */
-int nfvi_kernels_version(void) { return 2; }
+int nfvi_kernels_version(void) { return 3; }

@@ -1,4 +1,5 @@
-"""The fused planar and radial stacks (nfvi.flows.fused) against the layer-by-layer ones.
+"""The fused planar, radial and Householder stacks (nfvi.flows.fused) against the
+layer-by-layer ones.
 
 Same stack, same parameters, ``fused`` switched: outputs, log-determinants and every gradient
 (z, each flow parameter, the amortized head and its context) agree to 1e-10 in float64; the
@@ -21,6 +22,7 @@ from nfvi.config import Config
 from nfvi.energy import TARGETS, EnergyModel
 from nfvi.flows import FlowStack, GlobalParams, make_flow
 from nfvi.flows.fused import (
+    HouseholderStackFunction,
     PlanarConstraint,
     PlanarConstraintFunction,
     PlanarStackFunction,
@@ -40,7 +42,10 @@ KINDS = [
     pytest.param("planar", {"centered": True, "det_floor": 0.3, "w_init_std": 0.5},
                  id="planar-floor"),
     pytest.param("radial", {}, id="radial"),
+    pytest.param("householder", {}, id="householder"),
 ]
+#: one of each family (planar's variants share its code)
+FAMILIES = [KINDS[0], KINDS[3], KINDS[4]]
 MODES = [pytest.param(False, id="global"), pytest.param(True, id="amortized")]
 
 
@@ -138,7 +143,7 @@ def test_one_output_unused(name, hparams, amortized, use):
         torch.testing.assert_close(gf[key], gu[key], **TOL)
 
 
-@pytest.mark.parametrize("name, hparams", KINDS[::3])
+@pytest.mark.parametrize("name, hparams", FAMILIES)
 @pytest.mark.parametrize("amortized", MODES)
 def test_without_a_graph_the_lean_loop_gives_the_same_values(name, hparams, amortized):
     flow = randomized(name, 10, amortized, 1.0, **hparams)
@@ -215,8 +220,40 @@ def test_radial_function_gradcheck(shared):
                                     (z, c, alpha, beta))
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["per-example", "shared"])
+def test_householder_function_gradcheck(shared):
+    gen = generator(0)
+    K, B, D = 3, 4, 3
+    P = 1 if shared else B
+    z = torch.randn(B, D, generator=gen, dtype=F64).requires_grad_()
+    v = torch.randn(K, P, D, generator=gen, dtype=F64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: HouseholderStackFunction.apply(*a)[0], (z, v))
+
+
+def test_a_zero_householder_vector_is_the_identity_with_zero_gradient():
+    """``v = 0`` (the clamp of ``||v||^2``) in the middle layer: both paths reflect by the
+    other two only and give that ``v`` a zero gradient, finite, as the layer-by-layer
+    reflection does."""
+    flow = randomized("householder", 3, False, 1.0)
+    with torch.no_grad():
+        flow.source.params[1]["v"].zero_()
+    z = torch.randn(BATCH, DIM, generator=generator(5), dtype=F64).requires_grad_()
+    outs = []
+    for fused in (True, False):
+        flow.fused = fused
+        z_k, _ = flow(z)
+        outs.append((z_k.detach(), torch.autograd.grad((z_k * z_k).sum() + z_k.sum(),
+                                                       [z, *flow.parameters()])))
+    torch.testing.assert_close(outs[0][0], outs[1][0], **TOL)
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, **TOL)
+    assert torch.equal(outs[0][1][2], torch.zeros(DIM, dtype=F64))
+    assert outs[0][1][1].abs().sum() > 0 and outs[0][1][3].abs().sum() > 0
+
+
 def test_the_fused_path_is_the_default_and_can_be_switched_off():
-    for name in ("planar", "radial"):
+    for name in ("planar", "radial", "householder"):
         flow = make_flow(name, DIM, 3)
         assert flow.fused and flow.fusable and flow.uses_fused
         z_k, _ = flow(torch.randn(2, DIM))
@@ -227,7 +264,7 @@ def test_the_fused_path_is_the_default_and_can_be_switched_off():
 
 
 def test_only_stacks_of_one_fusable_kind_fuse():
-    assert not make_flow("householder", DIM, 3).uses_fused
+    assert not make_flow("nice", DIM, 3).uses_fused  # no fused stack
     assert not make_flow("planar", DIM, 0).uses_fused  # K = 0: the identity, nothing to fuse
     mixed = [Planar(DIM, 0), Radial(DIM, 1)]
     assert not FlowStack(mixed, GlobalParams(mixed)).uses_fused
@@ -243,7 +280,7 @@ def test_only_stacks_of_one_fusable_kind_fuse():
     assert not FlowStack(custom, GlobalParams(custom)).uses_fused
 
 
-@pytest.mark.parametrize("name", ["planar", "radial"])
+@pytest.mark.parametrize("name", ["planar", "radial", "householder"])
 def test_the_energy_task_uses_the_fused_path(name):
     model = EnergyModel(TARGETS["u2"], name, K=4).double()
     assert model.flow.uses_fused
