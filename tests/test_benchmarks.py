@@ -54,3 +54,18 @@ def test_bench_fused_prints_every_path_floor_and_the_is_ratio(flow, tmp_path):
         assert values["floor ms"] > 0.5 * values["step matmuls alone ms"], row
     ratio = next(line for line in lines if line.startswith("IS s/point, K = 3 / K = 0"))
     assert float(ratio.split(":")[1].split(";")[0]) > 0
+
+
+def test_bench_gemm_layouts_prints_every_layout_and_the_square(tmp_path):
+    out = run_script("bench_gemm_layouts.py", "--rows", "20", "--features", "16", "--out", "64",
+                     "--square", "64", "--rounds", "2", "--reps", "2", tmp_path=tmp_path)
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    names = [r[0] for r in rows[1:]]
+    assert names[:3] == ["forward x W^T (F.linear)", "forward x (W^T contiguous)",
+                         "forward (W x^T)^T"]
+    assert {"gradient of x: g W", "gradient of W: g^T x", "square 64^3"} <= set(names)
+    assert any(n.startswith("forward in column blocks") for n in names)
+    for r in rows[1:]:
+        assert len(r) == 4 and float(r[1]) >= 0 and float(r[2]) > 0, r
+    assert rows[-1][3] == "1.00"  # the square against itself
