@@ -4,10 +4,10 @@
 #
 #   bash benchmarks/gpu_checks.sh [FASHION_MNIST_DIR]
 #
-# 1. the CUDA tests: the fused stacks (torch loop and Triton kernels) against the
-#    layer-by-layer ones in float64 with every tensor on the GPU, the Triton kernels against
-#    the torch loop, the CUDA-graphed training steps against eager ones, device selection and
-#    binarization on the GPU;
+# 1. the CUDA tests: the fused stacks (planar, radial, Householder; torch loop and Triton
+#    kernels) against the layer-by-layer ones in float64 with every tensor on the GPU, the
+#    Triton kernels against the torch loop, the CUDA-graphed training steps against eager
+#    ones, device selection and binarization on the GPU;
 # 2. benchmarks/bench_gpu.py: training steps/s (planar K = 0 and 80, batch 100) eager,
 #    CUDA-graphed and compiled (and at K = 80 with the torch loop instead of the kernels), and the IS NLL over a 10k-image test set at S = 5000 (the real
 #    Fashion-MNIST test set when its IDX files are in FASHION_MNIST_DIR, e.g. Debian's
@@ -44,9 +44,9 @@ part() {  # part SECONDS LOG NAME COMMAND...: one part under its own time limit
 
 part 90 "$out/tests.log" "fused stacks on CUDA: torch loop and Triton kernels" \
     $py -m pytest -q -p no:cacheprovider -n 0 tests/flows/test_fused.py -k cuda
-part 45 "$out/tests.log" "Triton kernels against the torch loop" \
+part 60 "$out/tests.log" "Triton kernels against the torch loop" \
     $py -m pytest -q -p no:cacheprovider -n 0 tests/test_native_gpu.py
-part 90 "$out/tests.log" "CUDA graph, device, binarization" \
+part 75 "$out/tests.log" "CUDA graph, device, binarization" \
     $py -m pytest -q -p no:cacheprovider -n 0 \
     tests/test_compile.py::test_cuda_graph_steps_match_eager_steps \
     tests/test_runtime.py tests/data/test_binarize.py

@@ -1,14 +1,15 @@
-"""The Triton kernels of the fused planar and radial stacks (nfvi.native.gpu) against the
-torch loops.
+"""The Triton kernels of the fused planar, radial and Householder stacks (nfvi.native.gpu)
+against the torch loops.
 
 Values and gradients agree to 1e-10 in float64 (float32: to its rounding) for per-example,
 shared and broadcast parameter rows (``N = n B`` rows reading ``B`` parameter rows), with
 strided parameters as the amortized head makes them, with and without a graph to record, and
-through whole amortized planar and radial FlowStacks, whose fused forward and backward are
-then one kernel launch each. The kernels run where they can: on a CUDA device, or on the CPU through
-Triton's interpreter. Without CUDA, ``test_the_module_passes_in_the_interpreter`` runs this
-module again in a real process with ``TRITON_INTERPRET=1 NFVI_TRITON_ON_CPU=1`` (skipped, saying
-why, where Triton is not installed).
+through whole amortized planar, radial and Householder FlowStacks, whose fused forward and
+backward are then one kernel launch each. The kernels run where they can: on a CUDA device, or
+on the CPU through Triton's interpreter. Without CUDA,
+``test_the_module_passes_in_the_interpreter`` runs this module again in a real process with
+``TRITON_INTERPRET=1 NFVI_TRITON_ON_CPU=1`` (skipped, saying why, where Triton is not
+installed).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import torch
 
 from nfvi import native
 from nfvi.flows import make_flow
-from nfvi.flows.fused import PlanarStackFunction, RadialStackFunction, _planar_loop, _radial_loop
+from nfvi.flows.fused import (
+    HouseholderStackFunction,
+    PlanarStackFunction,
+    RadialStackFunction,
+    _householder_loop,
+    _planar_loop,
+    _radial_loop,
+)
 from nfvi.native import gpu
 
 F64 = torch.float64
@@ -56,9 +64,13 @@ def rnd(gen, *shape, dtype=F64, scale=1.0):
 
 
 def stack_params(flow: str, P: int, dtype, gen, strided: bool):
-    """Planar ``w, u_hat [K, P, D]``, ``b [K, P, 1]`` or radial ``c [K, P, D]``, ``alpha, beta
-    [K, P, 1]`` (constrained: ``alpha > 0``, ``beta > -alpha``); strided: views of one
-    ``[P, K, n]`` tensor, the amortized head's layout."""
+    """Planar ``w, u_hat [K, P, D]``, ``b [K, P, 1]``, radial ``c [K, P, D]``, ``alpha, beta
+    [K, P, 1]`` (constrained: ``alpha > 0``, ``beta > -alpha``) or Householder ``v [K, P, D]``;
+    strided: views of one ``[P, K, n]`` tensor, the amortized head's layout."""
+    if flow == "householder":
+        if strided:
+            return [rnd(gen, P, K, D + 1, dtype=dtype)[..., :D].transpose(0, 1)]
+        return [rnd(gen, K, P, D, dtype=dtype)]
     if strided:
         flat = rnd(gen, P, K, 2 * D + 1, dtype=dtype, scale=0.6).transpose(0, 1)
         if flow == "planar":
@@ -73,7 +85,21 @@ def stack_params(flow: str, P: int, dtype, gen, strided: bool):
 
 
 STACKS = {"planar": (PlanarStackFunction, _planar_loop),
-          "radial": (RadialStackFunction, _radial_loop)}
+          "radial": (RadialStackFunction, _radial_loop),
+          "householder": (HouseholderStackFunction, _householder_loop)}
+FLOWS = list(STACKS)
+
+
+def apply_stack(flow: str, z, ps):
+    """``(z_K, log_det)`` through the flow's Function (Householder's log-det: zeros)."""
+    out = STACKS[flow][0].apply(z, *ps)
+    return (out[0], z.new_zeros(z.shape[0])) if flow == "householder" else out[:2]
+
+
+def lean_loop(flow: str, z, ps):
+    """The no-graph forward: ``(z_K, log_det, saved, saved)`` (Householder's: zeros)."""
+    out = STACKS[flow][1](z, *ps, keep=False)
+    return (out[0], z.new_zeros(z.shape[0]), *out[1:]) if flow == "householder" else out
 
 
 def tiled(ps, N: int):
@@ -85,7 +111,7 @@ def outputs_and_grads(flow, z, ps, gen, tile_to: int | None = None):
     z = z.detach().requires_grad_()
     ps = [p.detach().requires_grad_() for p in ps]
     used = tiled(ps, tile_to) if tile_to else ps
-    z_k, ld, _, _ = STACKS[flow][0].apply(z, *used)
+    z_k, ld = apply_stack(flow, z, used)
     wz = rnd(gen, *z_k.shape, dtype=z.dtype)
     wl = rnd(gen, *ld.shape, dtype=z.dtype)
     grads = torch.autograd.grad((z_k * wz).sum() + (ld * wl).sum() + 0.1 * (z_k**2).sum(),
@@ -94,7 +120,7 @@ def outputs_and_grads(flow, z, ps, gen, tile_to: int | None = None):
 
 
 @runs_here
-@pytest.mark.parametrize("flow", ["planar", "radial"])
+@pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("rows", ["per-example", "shared", "broadcast", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_the_kernels_equal_the_torch_loops(flow, rows, dtype, kernels):
@@ -118,7 +144,7 @@ def test_the_kernels_equal_the_torch_loops(flow, rows, dtype, kernels):
 
 
 @runs_here
-@pytest.mark.parametrize("flow", ["planar", "radial"])
+@pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("P", [1, B], ids=["shared", "broadcast"])
 def test_without_a_graph_the_forward_reads_the_untiled_rows(flow, P, kernels):
     """The IS pass's layout: ``REPEAT B`` rows, row ``s B + b`` reading parameter row ``b``."""
@@ -126,21 +152,21 @@ def test_without_a_graph_the_forward_reads_the_untiled_rows(flow, P, kernels):
     N = B * REPEAT
     z = rnd(gen, N, D)
     ps = stack_params(flow, P, F64, gen, strided=True)
-    loop = STACKS[flow][1]
     kernels(True)
     with torch.no_grad():
-        got = loop(z, *ps, keep=False)
+        got = lean_loop(flow, z, ps)
     kernels(False)
     with torch.no_grad():
-        want = loop(z, *tiled(ps, N), keep=False)
+        want = lean_loop(flow, z, tiled(ps, N))
     assert got[2] is None and got[3] is None
     torch.testing.assert_close(got[0], want[0], **TOL)
     torch.testing.assert_close(got[1], want[1], **TOL)
 
 
 @runs_here
-@pytest.mark.parametrize("name, hparams", [("planar", {"centered": True}), ("radial", {})],
-                         ids=["planar", "radial"])
+@pytest.mark.parametrize("name, hparams", [("planar", {"centered": True}), ("radial", {}),
+                                           ("householder", {})],
+                         ids=["planar", "radial", "householder"])
 def test_an_amortized_stack_runs_on_the_kernels(name, hparams, kernels):
     """The whole flow (head, constraints, stack): fused on the kernels equals layer by layer,
     and its fused forward and backward are one launch each."""
@@ -186,4 +212,4 @@ def test_the_module_passes_in_the_interpreter():
     tail = done.stdout[-3000:] + done.stderr[-2000:]
     assert done.returncode == 0, tail
     assert "skipped" not in done.stdout.splitlines()[-1], tail
-    assert "23 passed" in done.stdout.splitlines()[-1], tail
+    assert "34 passed" in done.stdout.splitlines()[-1], tail

@@ -416,11 +416,11 @@ def radial_stack(z: Tensor, c: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Ten
 def _householder_loop(z: Tensor, v: Tensor, keep: bool
                       ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The forward: ``(z_K, inputs [K, B, D] or None, a [K, B, 1] or None)``, ``a_k = v_k^T
-    z_{k-1}``; compiled where :mod:`nfvi.native` can take it (the Triton kernels have no
-    Householder stack: on CUDA this loop runs)."""
+    z_{k-1}``; compiled where :mod:`nfvi.native` can take it."""
     n_raw = (v * v).sum(-1, keepdim=True)  # [K, P, 1]
-    if native.usable(z, v):
-        z_k, _, zin, a = native.householder_forward(z, v, n_raw, keep)
+    kernels = kernels_for(z, v)
+    if kernels is not None:
+        z_k, _, zin, a = kernels.householder_forward(z, v, n_raw, keep)
         return z_k, zin, a
     two_over_n = 2.0 / n_raw.clamp_min(torch.finfo(v.dtype).tiny)
     inputs: list[Tensor] = []
@@ -462,8 +462,9 @@ class HouseholderStackFunction(torch.autograd.Function):
     def backward(ctx, g_z: Tensor, _g_in: Tensor, _g_a: Tensor):  # type: ignore[override]
         v, zin, a = ctx.saved_tensors
         n_raw = (v * v).sum(-1, keepdim=True)
-        if native.usable(g_z, v, zin):
-            return native.householder_backward(g_z, v, n_raw, zin, a)
+        kernels = kernels_for(g_z, v, zin)
+        if kernels is not None:
+            return kernels.householder_backward(g_z, v, n_raw, zin, a)
         tiny = torch.finfo(v.dtype).tiny
         n = n_raw.clamp_min(tiny)
         K = v.shape[0]

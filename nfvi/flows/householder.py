@@ -17,7 +17,8 @@ through :meth:`param_shapes` (one linear head on the encoder's features produces
 
 A stack of Householder layers runs fused by default (:meth:`Householder.fused_forward`,
 :mod:`nfvi.flows.fused`): all K reflections in one autograd node with a hand-derived backward,
-compiled on a CPU (:mod:`nfvi.native`); ``flow.fused=false`` runs them layer by layer.
+compiled on a CPU (:mod:`nfvi.native`) and a Triton kernel on CUDA; ``flow.fused=false``
+runs them layer by layer.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import nfvi.native as native
 from nfvi.flows.base import FlowLayer, Params, register_flow
-from nfvi.flows.fused import householder_stack
+from nfvi.flows.fused import householder_stack, kernels_for
 
 
 def reflect(z: Tensor, v: Tensor) -> Tensor:
@@ -68,7 +68,7 @@ class Householder(FlowLayer):
 
     def fused_broadcasts(self, z: Tensor) -> bool:
         # the compiled kernels read parameter row r % B for row r; the torch loop needs B rows
-        return not torch.is_grad_enabled() and native.usable(z)
+        return not torch.is_grad_enabled() and kernels_for(z) is not None
 
     def inverse(self, z_next: Tensor, context: Params | None = None) -> tuple[Tensor, Tensor]:
         return self.forward(z_next, context)  # H^{-1} = H, log|det| = 0 both ways

@@ -1,6 +1,6 @@
 """The Triton kernels of :mod:`nfvi.native.gpu` (imported on first use: CPU runs never load
-Triton): the planar and radial stacks, forward and backward. See that module for the layout,
-and :mod:`nfvi.flows.fused` for the formulas."""
+Triton): the planar, radial and Householder stacks, forward and backward. See that module
+for the layout, and :mod:`nfvi.flows.fused` for the formulas."""
 
 import triton
 import triton.language as tl
@@ -147,4 +147,48 @@ def radial_backward_kernel(gz, gld, alpha, beta, dsave, rsave, g0, gc, galpha, g
         tl.store(galpha + k * N + rows, -h2 * (l_h + bt * gd), mask=rmask)
         tl.store(gbeta + k * N + rows, l_beta + h * gd, mask=rmask)
         g = t1[:, None] * g + coef[:, None] * dk
+    tl.store(g0 + rows[:, None] * D + cols[None, :], g, mask=mask)
+
+
+@triton.jit
+def householder_forward_kernel(z0, v, nr, zout, ld, zin, asave, tiny_ptr, N, P, K,
+                               svk, svp, snk, snp, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_D: tl.constexpr, KEEP: tl.constexpr):
+    """One program: BLOCK_N rows of z through the K reflections
+    (nfvi.native.gpu.householder_forward); ``nr`` is ``v^T v`` per parameter row."""
+    rows, cols, rmask, mask, p, tiny, z = _start(z0, tiny_ptr, N, P, D, BLOCK_N, BLOCK_D)
+    for k in range(K):
+        vk = tl.load(v + k * svk + p[:, None] * svp + cols[None, :], mask=mask, other=0.0)
+        n = tl.maximum(tl.load(nr + k * snk + p * snp, mask=rmask, other=1.0), tiny)
+        if KEEP:
+            tl.store(zin + (k * N + rows[:, None]) * D + cols[None, :], z, mask=mask)
+        a = tl.sum(z * vk, axis=1)
+        if KEEP:
+            tl.store(asave + k * N + rows, a, mask=rmask)
+        z = z - (2.0 * a / n)[:, None] * vk
+    tl.store(zout + rows[:, None] * D + cols[None, :], z, mask=mask)
+    tl.store(ld + rows, tl.zeros((BLOCK_N,), dtype=z.dtype), mask=rmask)
+
+
+@triton.jit
+def householder_backward_kernel(gz, v, nr, zin, asave, g0, gv, tiny_ptr, N, P, K, svk, svp,
+                                snk, snp, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                                BLOCK_D: tl.constexpr):
+    """One program: BLOCK_N rows back through the K reflections, last to first
+    (nfvi.native.gpu.householder_backward)."""
+    rows, cols, rmask, mask, p, tiny, g = _start(gz, tiny_ptr, N, P, D, BLOCK_N, BLOCK_D)
+    for i in range(K):
+        k = K - 1 - i
+        vk = tl.load(v + k * svk + p[:, None] * svp + cols[None, :], mask=mask, other=0.0)
+        n_raw = tl.load(nr + k * snk + p * snp, mask=rmask, other=1.0)
+        n = tl.maximum(n_raw, tiny)
+        at = (k * N + rows[:, None]) * D + cols[None, :]
+        zi = tl.load(zin + at, mask=mask, other=0.0)
+        a = tl.load(asave + k * N + rows, mask=rmask, other=0.0)
+        s = tl.sum(g * vk, axis=1)
+        cz = -2.0 * s / n
+        cv = tl.where(n_raw >= tiny, 4.0 * a * s / (n * n), 0.0)
+        tl.store(gv + at, cz[:, None] * zi + (-2.0 * a / n)[:, None] * g + cv[:, None] * vk,
+                 mask=mask)
+        g = g + cz[:, None] * vk
     tl.store(g0 + rows[:, None] * D + cols[None, :], g, mask=mask)

@@ -1,16 +1,15 @@
-"""The fused planar and radial stacks on a GPU: all K layers in one Triton kernel, forward and
-backward.
+"""The fused planar, radial and Householder stacks on a GPU: all K layers in one Triton
+kernel, forward and backward.
 
-:mod:`nfvi.flows.fused` runs a planar or radial stack as one autograd node, but on a GPU its
-torch loop still launches a few kernels per layer (planar: 3 forward, 4 backward; radial
-more): at K = 80 some 560 launches per planar training step, each a few microseconds of
+:mod:`nfvi.flows.fused` runs a planar, radial or Householder stack as one autograd node, but on
+a GPU its torch loop still launches a few kernels per layer (planar: 3 forward, 4 backward;
+radial more): at K = 80 some 560 launches per planar training step, each a few microseconds of
 launch latency for a few thousand numbers, so the step is launch-bound (a CUDA graph shortens
 each launch but keeps them all). Here each block of ``BLOCK_N`` rows runs its K layers in
-registers, one launch for the forward and one for the backward: the same maps and
-hand-derived gradients as the torch loop and ``kernels.c`` (the formulas are in
-:mod:`nfvi.flows.fused`'s docstring), tested against the torch loop to 1e-10 in float64
-(``tests/test_native_gpu.py``: on a CUDA device, and on the CPU through Triton's interpreter,
-``TRITON_INTERPRET=1``).
+registers, one launch for the forward and one for the backward: the same maps and hand-derived
+gradients as the torch loop and ``kernels.c`` (the formulas are in :mod:`nfvi.flows.fused`'s
+docstring), tested against the torch loop to 1e-10 in float64 (``tests/test_native_gpu.py``: on
+a CUDA device, and on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1``).
 
 Layout as ``kernels.c``: ``z [N, D]`` contiguous; parameters ``[K, P, D]`` / ``[K, P, 1]`` with
 a unit stride along D, row ``r`` reading parameter row ``r % P`` (``P = N`` per example, ``1``
@@ -114,11 +113,10 @@ def _tiny(x: Tensor) -> Tensor:
     return _TINY[key]
 
 
-def _forward(kind: str, z: Tensor, params: tuple[Tensor, Tensor, Tensor], keep: bool
+def _forward(kind: str, z: Tensor, params: tuple[Tensor, ...], keep: bool
              ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The planar and radial forward kernels' shared call: ``z [N, D]`` through the three
-    ``[K, P, n]`` parameters; ``keep`` also returns the ``[K, N, D]`` and ``[K, N, 1]`` saved
-    for the backward."""
+    """The forward kernels' shared call: ``z [N, D]`` through the ``[K, P, n]`` parameters;
+    ``keep`` also returns the ``[K, N, D]`` and ``[K, N, 1]`` saved for the backward."""
     global launches
     z = z.contiguous()
     N, D = z.shape
@@ -171,6 +169,36 @@ def radial_backward(g_z: Tensor, g_ld: Tensor, alpha: Tensor, beta: Tensor, d: T
     (alpha, sak, sap), (beta, sbk, sbp) = _param(alpha), _param(beta)
     return _backward("radial", g_z, g_ld, (alpha, beta, d.contiguous(), r.contiguous()),
                      (sak, sap, sbk, sbp), alpha.shape[1], wide=(True, False, False))
+
+
+def householder_forward(z: Tensor, v: Tensor, n_raw: Tensor, keep: bool
+                        ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(z_K [N, D], log_det [N] (zeros), inputs [K, N, D], a [K, N, 1])`` (the last two None
+    unless ``keep``; ``a_k = v_k^T z_{k-1}``); ``v [K, P, D]`` and ``n_raw = v^T v
+    [K, P, 1]``."""
+    return _forward("householder", z, (v, n_raw), keep)
+
+
+def householder_backward(g_z: Tensor, v: Tensor, n_raw: Tensor, zin: Tensor, a: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+    """``(dL/dz_0 [N, D], dL/dv [K, P, D])``: the kernel writes each row's gradient of ``v``,
+    summed here over the rows that share one."""
+    global launches
+    (v, svk, svp), (n_raw, snk, snp) = _param(v), _param(n_raw)
+    g_z = g_z.contiguous()
+    N, D = g_z.shape
+    K, P = v.shape[0], v.shape[1]
+    g0, gv = torch.empty_like(g_z), g_z.new_empty(K, N, D)
+    if N and K:
+        block_n, block_d = _blocks(N, D)
+        _kernels().householder_backward_kernel[(-(-N // block_n),)](
+            g_z, v, n_raw, zin.contiguous(), a.contiguous(), g0, gv, _tiny(g_z), N, P, K,
+            svk, svp, snk, snp, D=D, BLOCK_N=block_n, BLOCK_D=block_d)
+        launches += 1
+    else:
+        g0.copy_(g_z)
+        gv.zero_()
+    return g0, _rows_to(gv, P)
 
 
 def _backward(kind: str, g_z: Tensor, g_ld: Tensor, inputs: tuple[Tensor, ...],
