@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +70,23 @@ def test_bench_gemm_layouts_prints_every_layout_and_the_square(tmp_path):
     for r in rows[1:]:
         assert len(r) == 4 and float(r[1]) >= 0 and float(r[2]) > 0, r
     assert rows[-1][3] == "1.00"  # the square against itself
+
+
+def test_bench_gpu_smoke_runs_on_the_cpu(tmp_path):
+    """The GPU benchmark's own code path on the CPU (``--allow-cpu``: tiny sizes, no CUDA-graph
+    modes), so that it has not rotted when a GPU is finally lent; without the flag and without
+    a GPU it says so and exits 0."""
+    out = run_script("bench_gpu.py", "--allow-cpu", tmp_path=tmp_path)
+    assert "CPU smoke run" in out.splitlines()[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in out.splitlines() if line.startswith(("| 0 |", "| 2 |"))]
+    assert [(r[0], r[1]) for r in rows] == [(K, m) for K in ("0", "2")
+                                            for m in ("eager", "compiled")]
+    for r in rows:
+        steps_per_s, ms, hours, is_seconds = float(r[2]), float(r[3]), float(r[5]), float(r[8])
+        assert steps_per_s > 0 and ms > 0 and hours > 0 and is_seconds > 0, r
+        assert abs(ms * steps_per_s - 1e3) < 1e3 * 0.02, r  # ms/step is 1000 / steps/s
+        assert r[9].startswith("20 (")  # 20 test images measured
+    if not torch.cuda.is_available():
+        plain = run_script("bench_gpu.py", tmp_path=tmp_path)
+        assert plain.startswith("no CUDA GPU here")
