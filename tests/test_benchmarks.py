@@ -90,3 +90,49 @@ def test_bench_gpu_smoke_runs_on_the_cpu(tmp_path):
     if not torch.cuda.is_available():
         plain = run_script("bench_gpu.py", tmp_path=tmp_path)
         assert plain.startswith("no CUDA GPU here")
+
+
+def markdown_rows(out: str, first: tuple[str, ...]) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in out.splitlines() if line.startswith(first)]
+
+
+def test_bench_vae_prints_each_K(tmp_path):
+    out = run_script("bench_vae.py", "--steps", "3", "--iw-points", "1", "--iw-samples", "20",
+                     "--K", "0", "2", "--threads", "1", "--device", "cpu", tmp_path=tmp_path)
+    rows = [line.split() for line in out.splitlines() if line.startswith("cpu ")]
+    assert [r[1] for r in rows] == ["0", "2"]
+    for r in rows:
+        steps, examples, iw = float(r[2]), float(r[3]), float(r[4])
+        assert steps > 0 and iw > 0 and abs(examples - 100 * steps) <= 0.01 * examples + 1, r
+
+
+def test_bench_loop_prints_the_loop_against_the_bare_step(tmp_path):
+    out = run_script("bench_loop.py", "--K", "0", "--steps", "4", "--rounds", "1",
+                     "--probe-steps", "4", "--threads", "1", tmp_path=tmp_path)
+    (row,) = markdown_rows(out, ("| 0 |",))
+    assert row[1] == "no" and float(row[2]) > 0 and float(row[3]) > 0
+    assert abs(float(row[4]) - float(row[3]) / float(row[2])) < 0.01  # loop/bare
+    assert row[7].endswith("%") and row[8].endswith("%")
+
+
+def test_flow_table_prints_every_registered_flow(tmp_path):
+    from nfvi.flows import FLOWS
+
+    out = run_script("flow_table.py", "--repeats", "1", "--K", "1", tmp_path=tmp_path)
+    rows = markdown_rows(out, ("| `",))
+    assert sorted(r[0].strip("`") for r in rows) == sorted(FLOWS)
+    for r in rows:
+        assert r[1] in ("yes", "no")
+        amortized, global_ = (int(x.replace(",", "")) for x in r[2].split(" / "))
+        assert amortized > global_ > 0, r  # the amortized head adds parameters
+        assert r[3].endswith(" ms") and all(float(x) > 0 for x in r[3][:-3].split(" / ")), r
+
+
+def test_bench_gated_conv_prints_a_row(tmp_path):
+    out = run_script("bench_gated_conv.py", "--steps", "2", "--iw-points", "1",
+                     "--iw-samples", "10", "--K", "0", "--threads", "1", "--device", "cpu",
+                     tmp_path=tmp_path)
+    (row,) = markdown_rows(out, ("| cpu |",))
+    assert row[1] == "none" and row[2] == "0"
+    assert int(row[3].replace(",", "")) > 0 and all(float(x) > 0 for x in row[4:7]), row
