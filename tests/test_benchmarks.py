@@ -7,6 +7,8 @@ the code a benchmark drives cannot leave its table broken until someone measures
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -136,3 +138,70 @@ def test_bench_gated_conv_prints_a_row(tmp_path):
     (row,) = markdown_rows(out, ("| cpu |",))
     assert row[1] == "none" and row[2] == "0"
     assert int(row[3].replace(",", "")) > 0 and all(float(x) > 0 for x in row[4:7]), row
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """A K = 0 and a planar K = 2 run of 5 updates each, trained by ``nfvi train`` processes
+    on the bundled digits: what the analysis scripts read (checkpoints, config, summary)."""
+    root = tmp_path_factory.mktemp("runs")
+    env = dict(os.environ, NFVI_OUTPUT_ROOT=str(root), NFVI_CACHE_DIR=str(root / "cache"))
+    for K in (0, 2):
+        subprocess.run([sys.executable, "-m", "nfvi.cli", "train", f"K={K}", "name=t",
+                        "trainer.max_steps=5", "eval.iw_samples=10", "trainer.num_threads=1"],
+                       env=env, cwd=root, capture_output=True, timeout=300, check=True)
+    (k0,), (k2,) = (list((root / "t" / f"planar_K{K}").iterdir()) for K in (0, 2))
+    return k0, k2
+
+
+def test_val_curves_reports_each_runs_test_numbers(two_runs, tmp_path):
+    out = run_script("val_curves.py", *map(str, two_runs), tmp_path=tmp_path)
+    rows = markdown_rows(out, ("| t / ",))
+    assert [r[0] for r in rows] == ["t / planar_K0", "t / planar_K2"]
+    for run, row in zip(two_runs, rows, strict=True):
+        summary = json.loads((run / "summary.json").read_text())
+        assert float(row[5]) == pytest.approx(summary["test_neg_elbo"], abs=0.006)
+        assert float(row[6]) == pytest.approx(summary["test_nll"], abs=0.006)
+
+
+@pytest.mark.parametrize("script, args, gap, diff", [
+    ("gap_vs_S.py", ["--S", "2", "10", "--examples", "5", "--threads", "1"], "gap S=2",
+     "gap diff S=2"),
+    ("gap_decomposition.py", ["--examples", "3", "--steps", "3", "--gauss-steps", "3",
+                              "--S", "10", "--train-samples", "2", "--threads", "1"], "gap",
+     "gap diff"),
+])
+def test_the_gap_scripts_pair_the_flow_run_with_k0(script, args, gap, diff, two_runs,
+                                                   tmp_path):
+    """Both tables: each run's numbers, then the flow run paired against K = 0 per test point;
+    the paired mean of the gap difference is the difference of the two runs' mean gaps."""
+    out = run_script(script, *map(str, two_runs), *args, tmp_path=tmp_path)
+    runs, paired = out.split("paired against none K=0 seed=0")
+
+    def table(text: str) -> dict[str, dict[str, str]]:
+        lines = [line for line in text.splitlines() if line.startswith("| ")]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        return {r[0]: dict(zip(header, r, strict=True))
+                for r in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])}
+
+    each, pairs = table(runs), table(paired)
+    assert list(each) == ["none K=0 seed=0", "planar K=2 seed=0"]
+    assert list(pairs) == ["planar K=2 seed=0"]
+    for name, cell in pairs["planar K=2 seed=0"].items():
+        if name != "run":
+            mean, se = cell.split(" ± ")
+            assert math.isfinite(float(mean)) and float(se) >= 0, cell
+    want = float(each["planar K=2 seed=0"][gap]) - float(each["none K=0 seed=0"][gap])
+    got = float(pairs["planar K=2 seed=0"][diff].split(" ± ")[0])
+    assert got == pytest.approx(want, abs=2e-3)
+
+
+def test_flow_diagnostics_and_fit_posterior_read_a_run(two_runs, tmp_path):
+    out = run_script("flow_diagnostics.py", str(two_runs[1]), "--examples", "5",
+                     tmp_path=tmp_path)
+    assert "min w.u_hat" in out and "|h(x)|" in out
+    out = run_script("fit_posterior.py", str(two_runs[1]), "--steps", "3", "--examples", "5",
+                     "--iw", "10", tmp_path=tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["run"] == str(two_runs[1]) and result["steps"] == 3
+    assert result["gap"] == pytest.approx(result["neg_elbo"] - result["nll"], abs=1e-3)
