@@ -38,7 +38,7 @@ def _run_one(target: str, flow: str, K: int, out: str, extra: list[str]) -> dict
     return nfvi.run("train", overrides + extra).summary
 
 
-def _figure(out: str, path: str, K: int) -> None:
+def _figure(out: str, path: str, K: int, targets: list[str], flows: list[str]) -> None:
     """Figure 3-like panel: true densities, then q_K of each flow at length K (histograms)."""
     import torch
 
@@ -47,10 +47,10 @@ def _figure(out: str, path: str, K: int) -> None:
     from nfvi.energy.figures import flow_density, plot_panels, true_density
 
     torch.manual_seed(0)
-    rows = [[]] + [[] for _ in FLOWS]
-    for t in TARGETS:
+    rows = [[]] + [[] for _ in flows]
+    for t in targets:
         ckpt = None
-        for i, f in enumerate(FLOWS):
+        for i, f in enumerate(flows):
             ck = Path(out) / f"{t}_{f}_K{K}" / "checkpoints" / "last.pt"
             if not ck.is_file():
                 continue
@@ -69,12 +69,13 @@ def _figure(out: str, path: str, K: int) -> None:
     plot_panels(rows, path, title=title)
 
 
-def _table(results: dict, key: str, fmt) -> str:
-    cols = [(f, K) for f in FLOWS for K in KS]
+def _table(results: dict, targets: list[str], flows: list[str], Ks: list[int], fmt) -> str:
+    """One row per target, one column per (flow, K) asked for; "n/a" where a run failed."""
+    cols = [(f, K) for f in flows for K in sorted(Ks)]
     head = "| target | " + " | ".join(f"{f} K={K}" for f, K in cols) + " |"
     sep = "|---|" + "---|" * len(cols)
     rows = [head, sep]
-    for t in TARGETS:
+    for t in targets:
         cells = []
         for f, K in cols:
             r = results.get((t, f, K))
@@ -116,16 +117,17 @@ def main() -> None:
                   f"ESS {s['ess_percent']:.1f}%  {s['wall_seconds']:.0f}s", flush=True)
     print(f"\n{len(results)} runs, {time.perf_counter() - t0:.0f}s for this invocation\n")
     print("KL(q || p) in nats, ± one standard error (100,000 samples):\n")
-    print(_table(results, "kl", lambda r: f"{r['kl']:.3f} ± {r['kl_stderr']:.3f}"))
+    grid = (args.targets, args.flows, args.Ks)
+    print(_table(results, *grid, lambda r: f"{r['kl']:.3f} ± {r['kl_stderr']:.3f}"))
     print("\nEffective sample size of p/q (%):\n")
-    print(_table(results, "ess", lambda r: f"{r['ess_percent']:.1f}"))
+    print(_table(results, *grid, lambda r: f"{r['ess_percent']:.1f}"))
     print("\nTraining seconds per run:\n")
-    print(_table(results, "wall", lambda r: f"{r['wall_seconds']:.0f}"))
+    print(_table(results, *grid, lambda r: f"{r['wall_seconds']:.0f}"))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     flat = [dict(v) for v in results.values()]
     (Path(args.out) / "table.json").write_text(json.dumps(flat, indent=1) + "\n")
     if args.figure:
-        _figure(args.out, args.figure, args.figure_K)
+        _figure(args.out, args.figure, args.figure_K, args.targets, args.flows)
         print(f"\nfigure: {args.figure}")
 
 

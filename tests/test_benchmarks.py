@@ -205,3 +205,20 @@ def test_flow_diagnostics_and_fit_posterior_read_a_run(two_runs, tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["run"] == str(two_runs[1]) and result["steps"] == 3
     assert result["gap"] == pytest.approx(result["neg_elbo"] - result["nll"], abs=1e-3)
+
+
+def test_energy_table_prints_the_flows_and_lengths_asked_for(tmp_path):
+    """The tables' columns are the ``--flows`` x ``--Ks`` of the command (not the README's
+    defaults), every cell the run's own summary."""
+    out_dir = tmp_path / "energy"
+    out = run_script("energy_table.py", "--out", str(out_dir), "--targets", "u1", "--flows",
+                     "planar", "householder", "--Ks", "2", "--", "trainer.max_steps=20",
+                     tmp_path=tmp_path)
+    kl_table = out.split("KL(q || p)")[1].split("Effective sample size")[0]
+    header = next(line for line in kl_table.splitlines() if line.startswith("| target |"))
+    assert header == "| target | planar K=2 | householder K=2 |"
+    (row,) = markdown_rows(kl_table, ("| U1 |",))
+    for flow, cell in zip(("planar", "householder"), row[1:], strict=True):
+        summary = json.loads((out_dir / f"u1_{flow}_K2" / "summary.json").read_text())
+        assert cell == f"{summary['kl']:.3f} ± {summary['kl_stderr']:.3f}"
+    assert len(json.loads((out_dir / "table.json").read_text())) == 2
