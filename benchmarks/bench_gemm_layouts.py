@@ -16,24 +16,14 @@ fastest round of each, and printed as GFLOP/s (a markdown table).
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-
-def best_seconds(fns: dict[str, Callable[[], object]], rounds: int, reps: int) -> dict[str, float]:
-    """Seconds per call of each function: alternating rounds of ``reps`` calls, the fastest."""
-    best = dict.fromkeys(fns, float("inf"))
-    for fn in fns.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / reps)
-    return best
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fused import paired  # noqa: E402 (the benchmarks folder itself)
 
 
 def main() -> None:
@@ -74,7 +64,8 @@ def main() -> None:
     fns["gradient of x: g W"] = (lambda: torch.mm(g, w), product)
     fns["gradient of W: g^T x"] = (lambda: torch.mm(g.t(), x), product)
     fns[f"square {args.square}^3"] = (lambda: torch.mm(a, a2), 2.0 * args.square**3)
-    seconds = best_seconds({k: f for k, (f, _) in fns.items()}, args.rounds, args.reps)
+    seconds = paired({k: f for k, (f, _) in fns.items()}, torch.device("cpu"), args.rounds,
+                     args.reps)
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads; "
           f"x [{M}, {C}], W [{N}, {C}]; fastest of {args.rounds} alternating rounds\n")
     print("| product | ms | GFLOP/s | of the square's rate |")
